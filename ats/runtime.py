@@ -1,0 +1,55 @@
+"""Runtime: device choice, seeding and explicit random generators.
+
+Nothing in `ats` touches global RNG state implicitly: functions that need randomness take a
+`torch.Generator`, made here from a seed on the device where the tensors live.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """The device to compute on: `name`, else `$ATS_DEVICE`, else cuda > mps > cpu."""
+    name = (name or os.environ.get("ATS_DEVICE") or "auto").lower()
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise ValueError(f"device {name!r} is not one of {', '.join(DEVICES)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available here")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' was asked for but MPS is not available here")
+    return torch.device(name)
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh `torch.Generator` on `device`, seeded with `seed`."""
+    generator = torch.Generator(device=torch.device(device))
+    generator.manual_seed(int(seed))
+    return generator
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch's global RNGs (for model initialisation in scripts)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def describe_device(device: torch.device) -> str:
+    """A human-readable name for `device` ("cpu (2 threads)", "cuda: NVIDIA H100")."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return device.type
