@@ -1,0 +1,82 @@
+"""Scoring an attack: each reconstruction against the original image and the transformed one.
+
+The paper (Gao et al., CVPR 2021, §5.1) reports PSNR against the *transformed* image T(x); what a
+person cares about is the original x, so both are reported. Joint reconstructions come back in
+the attacker's order and are paired to the originals first (optimal matching by MSE).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from ats.attacks import Reconstruction
+from ats.federated import SharedUpdate
+from ats.metrics import image_scores, pair_reconstructions
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One attacked image, as `ats attack --json` prints it."""
+
+    index: int
+    label: int
+    label_recovered: bool
+    psnr: float  # against the original
+    psnr_transformed: float  # against T(x), the paper's convention
+    ssim: float
+    ssim_transformed: float
+    mse: float
+    iterations: int
+    status: str
+
+    def to_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+
+def evaluate_reconstruction(recon: Reconstruction, update: SharedUpdate, originals: Tensor,
+                            indices: list[int] | tuple[int, ...] | None = None) -> list[ImageResult]:
+    """Score `recon` against `originals` (B, 3, H, W) and the client's transformed images."""
+    originals = originals.detach().cpu().float()
+    transformed = update.transformed.detach().cpu().float()
+    images, labels = recon.images, recon.labels
+    joint = len(recon.status) == 1 and images.shape[0] > 1
+    if joint:
+        order = pair_reconstructions(images, transformed)  # recon order[i] matches target i
+        images, labels = images[order], labels[order]
+    scores = image_scores(images, originals, transformed)
+    true = update.labels.detach().cpu()
+    indices = list(indices) if indices is not None else list(range(images.shape[0]))
+    results = []
+    for i in range(images.shape[0]):
+        status = recon.status[0 if joint else i]
+        results.append(ImageResult(
+            index=int(indices[i]),
+            label=int(true[i]),
+            label_recovered=bool(labels[i] == true[i]),
+            psnr=float(scores["psnr"][i]),
+            psnr_transformed=float(scores["psnr_transformed"][i]),
+            ssim=float(scores["ssim"][i]),
+            ssim_transformed=float(scores["ssim_transformed"][i]),
+            mse=float(scores["mse"][i]),
+            iterations=recon.iteration,
+            status=status,
+        ))
+    return results
+
+
+def summarize(results: list[ImageResult]) -> dict[str, float]:
+    """Mean, std and median of the PSNRs, and the label accuracy, over finished images."""
+    ok = [r for r in results if r.status == "ok"]
+    summary = {"images": len(results), "failed": len(results) - len(ok)}
+    for key in ("psnr", "psnr_transformed", "ssim", "ssim_transformed"):
+        values = torch.tensor([getattr(r, key) for r in ok], dtype=torch.float64)
+        values = values[torch.isfinite(values)]
+        if len(values):
+            summary[f"{key}_mean"] = float(values.mean())
+            summary[f"{key}_std"] = float(values.std()) if len(values) > 1 else 0.0
+            summary[f"{key}_median"] = float(values.quantile(0.5))
+    summary["label_accuracy"] = sum(r.label_recovered for r in results) / max(1, len(results))
+    return summary

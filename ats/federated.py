@@ -1,0 +1,242 @@
+"""The federated client: what leaves a participant, and what a server can read from it.
+
+Gao et al. (CVPR 2021, §3): a client transforms its private images with a policy T, computes the
+gradient of the training loss over all model parameters, g = ∇θ ½·CE(f(T(x)), y) (the original
+code's "half" loss), and shares it, optionally through a gradient defense (§5.1, Table 3): per-layer
+pruning of the smallest entries, or Gaussian / Laplacian noise. Unlike the original, the defense is
+applied to the very gradient the attacker sees.
+
+Label inference from the update follows iDLG (Zhao et al., 2020): with softmax cross-entropy the
+classifier's bias gradient, softmax − onehot, is negative only at the true label.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from ats.models import last_linear
+
+if TYPE_CHECKING:
+    from ats.policy import Hybrid, Policy
+
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "half-ce": lambda logits, y: 0.5 * F.cross_entropy(logits, y),  # the original code's loss
+    "ce": F.cross_entropy,
+}
+
+
+@dataclass(frozen=True)
+class SharedUpdate:
+    """What a client sends: its (defended) gradient, plus bookkeeping for evaluation.
+
+    `gradients` follow `model.named_parameters()` order (`names`); with `per_example` each has a
+    leading batch dimension (B, *param.shape), one gradient per image as if each were its own client.
+
+    `transformed` holds the client's transformed images T(x), (B, 3, H, W). It is kept ONLY to
+    score reconstructions (the paper's PSNR is against T(x)). An attacker must NEVER read it:
+    attacks may use `gradients`, `names`, `batch_size`, `per_example`, `loss`, and `labels` only
+    where the threat model says labels leak.
+    """
+
+    gradients: tuple[Tensor, ...]
+    names: tuple[str, ...]
+    labels: Tensor  # (B,)
+    batch_size: int
+    per_example: bool
+    policy: str
+    defense: str
+    loss: str
+    transformed: Tensor  # (B, 3, H, W) evaluation only
+
+    def to(self, device: torch.device | str) -> SharedUpdate:
+        """The same update with every tensor on `device`."""
+        return replace(self, gradients=tuple(g.to(device) for g in self.gradients),
+                       labels=self.labels.to(device), transformed=self.transformed.to(device))
+
+
+def loss_gradients(model: nn.Module, x: Tensor, y: Tensor, *, loss: str = "half-ce",
+                   per_example: bool = False) -> tuple[Tensor, ...]:
+    """∇θ loss(model(x), y) for every parameter, in `named_parameters()` order.
+
+    With `per_example`, one gradient per image (leading dim B) from a single `vmap(grad(...))`.
+    The gradients stay differentiable with respect to `x`.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss {loss!r} is not one of {', '.join(LOSSES)}")
+    batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if per_example and model.training and batchnorm:
+        raise ValueError("per-example gradients need model.eval(): BatchNorm in training mode mixes a batch's images")
+    criterion = LOSSES[loss]
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def loss_of(params: dict[str, Tensor], buffers: dict[str, Tensor], images: Tensor, labels: Tensor) -> Tensor:
+        return criterion(functional_call(model, (params, buffers), (images,)), labels)
+
+    if per_example:
+        def one(params: dict[str, Tensor], image: Tensor, label: Tensor) -> dict[str, Tensor]:
+            return grad(loss_of)(params, buffers, image[None], label[None])
+        grads = vmap(one, in_dims=(None, 0, 0))(params, x, y)  # each (B, *shape)
+    else:  # buffers passed in, not captured: BatchNorm in training mode updates its statistics
+        grads = grad(loss_of)(params, buffers, x, y)
+    return tuple(grads[name] for name in params)
+
+
+# --- gradient defenses ---------------------------------------------------------------------------
+
+def _identity(g: Tensor, amount: float, generator: torch.Generator | None, per_example: bool) -> Tensor:
+    return g
+
+
+def _prune(g: Tensor, amount: float, generator: torch.Generator | None, per_example: bool) -> Tensor:
+    """Zero the ⌊p %·numel⌋ smallest-magnitude entries of the tensor (of each example's slice)."""
+    rows = g.reshape(g.shape[0] if per_example else 1, -1)  # (R, N)
+    k = math.floor(amount * rows.shape[1] / 100)
+    if k == 0:
+        return g
+    smallest = rows.abs().topk(k, dim=1, largest=False).indices  # (R, k)
+    return rows.scatter(1, smallest, 0.0).reshape(g.shape)
+
+
+def _gauss(g: Tensor, amount: float, generator: torch.Generator | None, per_example: bool) -> Tensor:
+    return g + amount * torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype)
+
+
+def _laplace(g: Tensor, amount: float, generator: torch.Generator | None, per_example: bool) -> Tensor:
+    """Adds b·Laplace(0, 1), drawn as the difference of two Exp(1) variables."""
+    e1 = torch.empty_like(g).exponential_(1.0, generator=generator)
+    e2 = torch.empty_like(g).exponential_(1.0, generator=generator)
+    return g + amount * (e1 - e2)
+
+
+_KERNELS: dict[str, Callable[[Tensor, float, torch.Generator | None, bool], Tensor]] = {
+    "none": _identity, "prune": _prune, "gauss": _gauss, "lap": _laplace,
+}
+_ALIASES = {"prune": "prune", "gauss": "gauss", "gaussian": "gauss", "lap": "lap", "laplace": "lap", "laplacian": "lap"}
+_NEEDS_GENERATOR = ("gauss", "lap")
+DEFENSES = ("none", "prune-70", "prune-95", "prune-99", "gauss-1e-3", "gauss-1e-2", "lap-1e-3", "lap-1e-2")
+_FORMS = "'none', 'prune-P' (0 < P < 100), 'gauss-S' or 'gaussian-S' (S > 0), 'lap-B', 'laplace-B' or 'laplacian-B' (B > 0)"
+
+
+def _format_amount(value: float) -> str:
+    """70 -> '70', 0.5 -> '0.5', 0.001 -> '1e-3': short, and `float()` reads it back exactly."""
+    number = Decimal(repr(float(value))).normalize()
+    return format(number, "e" if value < 0.1 else "f")
+
+
+@dataclass(frozen=True)
+class Defense:
+    """A gradient defense: `kind` (none, prune, gauss, lap) with its `amount` (p %, σ or b)."""
+
+    kind: str = "none"
+    amount: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KERNELS:
+            raise ValueError(f"defense kind {self.kind!r} is not one of {', '.join(_KERNELS)}")
+        valid = {"none": self.amount == 0, "prune": 0 < self.amount < 100}.get(
+            self.kind, math.isfinite(self.amount) and self.amount > 0)
+        if not valid:
+            raise ValueError(f"defense amount {self.amount!r} does not suit {self.kind!r}; accepted: {_FORMS}")
+
+    def __str__(self) -> str:
+        return "none" if self.kind == "none" else f"{self.kind}-{_format_amount(self.amount)}"
+
+    def apply(self, gradients: tuple[Tensor, ...], generator: torch.Generator | None, *,
+              per_example: bool = False) -> tuple[Tensor, ...]:
+        """The defended gradients; noise comes from `generator` (on the gradients' device)."""
+        if self.kind in _NEEDS_GENERATOR and generator is None:
+            raise ValueError(f"defense {self} draws noise: pass a torch.Generator")
+        kernel = _KERNELS[self.kind]
+        return tuple(kernel(g, self.amount, generator, per_example) for g in gradients)
+
+
+def parse_defense(text: str | Defense | None) -> Defense:
+    """'none', 'prune-70', 'gauss-1e-3' (or 'gaussian-'), 'lap-1e-2' (or 'laplace-', 'laplacian-')."""
+    if text is None or isinstance(text, Defense):
+        return text or Defense()
+    cleaned = str(text).strip().lower()
+    if cleaned == "none":
+        return Defense()
+    match = re.fullmatch(r"([a-z]+)-(.+)", cleaned)
+    if match is None or match.group(1) not in _ALIASES:
+        raise ValueError(f"defense {text!r} is not understood; accepted: {_FORMS}")
+    try:
+        amount = float(match.group(2))
+    except ValueError:
+        raise ValueError(f"defense {text!r} has no number after the dash; accepted: {_FORMS}") from None
+    return Defense(_ALIASES[match.group(1)], amount)
+
+
+# --- the client -----------------------------------------------------------------------------------
+
+def client_update(model: nn.Module, x: Tensor, y: Tensor, policy: Policy | Hybrid | str | None = None,
+                  defense: Defense | str | None = None, *, generator: torch.Generator | None = None,
+                  loss: str = "half-ce", crop_flip: bool | None = None, per_example: bool = False) -> SharedUpdate:
+    """What a client shares after one step on images `x` (B, 3, H, W) in [0, 1] with labels `y` (B,).
+
+    `policy` is an `ats.policy.Policy`/`Hybrid`, its string ("3-1-7"), or None (no transform at
+    all). `crop_flip` (random crop, pad 4, then horizontal flip, before the policy) defaults to
+    True with a policy and False without: the paper's "aug" and "normal" modes. The model is used
+    in its current mode (callers put it in eval()). Randomness comes only from `generator`.
+    """
+    if x.dim() != 4 or y.shape != (x.shape[0],):
+        raise ValueError(f"images must be (B, C, H, W) with labels (B,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError(f"images must lie in [0, 1], got values in [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+    crop_flip = policy is not None if crop_flip is None else crop_flip
+    if isinstance(policy, str) or (policy is None and crop_flip):
+        from ats.policy import parse_policy
+        policy = parse_policy("none" if policy is None else policy)
+    defense = parse_defense(defense)
+    transformed = x
+    if policy is not None:
+        if generator is None:
+            raise ValueError("transforming images draws random numbers: pass a torch.Generator")
+        transformed = policy.transform(x, generator, crop_flip=crop_flip)  # (B, 3, H, W)
+    transformed = transformed.detach()
+    gradients = loss_gradients(model, transformed, y, loss=loss, per_example=per_example)
+    gradients = defense.apply(gradients, generator, per_example=per_example)
+    return SharedUpdate(
+        gradients=tuple(g.detach() for g in gradients),
+        names=tuple(name for name, _ in model.named_parameters()),
+        labels=y.detach(),
+        batch_size=x.shape[0],
+        per_example=per_example,
+        policy=str(policy) if policy is not None else "none",
+        defense=str(defense),
+        loss=loss,
+        transformed=transformed,
+    )
+
+
+def infer_labels(update: SharedUpdate, model: nn.Module) -> Tensor:
+    """Labels read from the shared update alone (iDLG), (B,).
+
+    One image per gradient (batch 1, or a per-example update): the argmin of the classifier's bias
+    gradient, or, for a classifier without bias, of its weight gradient's row sums (iDLG's rule:
+    with non-negative features only the true label's row is negative). A joint update of B > 1
+    images: the B most negative entries, most negative first, so B distinct labels in no
+    particular order; repeated labels within the batch are NOT recovered by this rule.
+    """
+    fc = last_linear(model)
+    names = {id(p): name for name, p in model.named_parameters()}
+    parameter = fc.bias if fc.bias is not None else fc.weight
+    index = update.names.index(names[id(parameter)])
+    g = update.gradients[index]  # (B?, classes) bias, or (B?, classes, features) weight
+    if fc.bias is None:
+        g = g.sum(-1)
+    if update.per_example or update.batch_size == 1:
+        return g.reshape(-1, g.shape[-1]).argmin(-1)  # (B,)
+    if update.batch_size > g.shape[-1]:
+        raise ValueError(f"cannot infer {update.batch_size} distinct labels from {g.shape[-1]} classes")
+    return g.topk(update.batch_size, largest=False).indices  # (B,)
