@@ -1,27 +1,16 @@
-"""The `ats` command: the long jobs, scriptable. `ats <verb> --help` documents every flag.
-
-Every verb takes `--seed`, `--device` and `--json` (one JSON document on stdout; progress and
-logs on stderr). Exit status: 0 on success, 2 on bad input with a one-line message.
-"""
+"""`ats attack`: reconstruct images from a shared gradient and score the result."""
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-EXIT_BAD_INPUT = 2
+from ats.cli import add_common, log, progress
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
-    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-
-
-def _attack_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     from ats.attacks import PRESETS
 
     p = sub.add_parser("attack", help="reconstruct images from a shared gradient and score the result",
@@ -41,18 +30,7 @@ def _attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--joint", action="store_true",
                    help="share one aggregated gradient for all images and reconstruct them jointly")
     p.add_argument("--out", type=Path, help="folder for grid.png and results.json (default runs/attack-TIME)")
-    _common(p)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ats", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    _attack_parser(sub)
-    return parser
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    add_common(p)
 
 
 def _load_images(args, num_classes_hint: int):
@@ -81,7 +59,7 @@ def _load_images(args, num_classes_hint: int):
     return x, y, list(indices), images.classes
 
 
-def cmd_attack(args) -> int:
+def run(args) -> int:
     import torch
 
     from ats import attacks, models
@@ -114,17 +92,17 @@ def cmd_attack(args) -> int:
     generator = make_generator(args.seed, device)
     update = client_update(model, x, y, None if str(policy) == "none" else policy, defense,
                            generator=generator, per_example=not args.joint)
-    _log(f"ats attack: {config.name} on {len(indices)} image(s), {type(model).__name__}, "
+    log(f"ats attack: {config.name} on {len(indices)} image(s), {type(model).__name__}, "
          f"policy {policy}, defense {defense}, {describe_device(device)}")
     started = time.perf_counter()
     final = None
-    progress = _progress(config.iterations, disable=False)
+    bar = progress(config.iterations)
     every = max(1, config.iterations // 100)
     for snapshot in attacks.iter_reconstruct(model, update, config, generator=generator, every=every):
-        progress.update(snapshot.iteration - progress.n)
-        progress.set_postfix(loss=f"{float(snapshot.loss.nanmean()):.4g}")
+        bar.update(snapshot.iteration - bar.n)
+        bar.set_postfix(loss=f"{float(snapshot.loss.nanmean()):.4g}")
         final = snapshot
-    progress.close()
+    bar.close()
     seconds = time.perf_counter() - started
     results = evaluate_reconstruction(final, update, x, indices)
     out = args.out or Path("runs") / time.strftime("attack-%Y%m%d-%H%M%S")
@@ -150,12 +128,6 @@ def cmd_attack(args) -> int:
     return 0
 
 
-def _progress(total: int, disable: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="it", file=sys.stderr, disable=disable, leave=False)
-
-
 def _print_table(results, document) -> None:
     print(f"{'index':>5} {'label':>5} {'label ok':>8} {'PSNR':>7} {'PSNR(T)':>7} {'SSIM':>6} {'SSIM(T)':>7}  status")
     for r in results:
@@ -167,24 +139,3 @@ def _print_table(results, document) -> None:
               f"{s['psnr_transformed_mean']:.2f} dB against the transformed image; "
               f"labels recovered {s['label_accuracy']:.0%}; {document['seconds']:.1f} s on {document['device']}")
     print(f"grid: {document['grid']}")
-
-
-COMMANDS = {"attack": cmd_attack}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return COMMANDS[args.verb](args)
-    except (ValueError, FileNotFoundError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"ats {args.verb}: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"ats {args.verb}: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
