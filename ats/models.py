@@ -56,6 +56,12 @@ class Network(nn.Sequential):
         super().__init__(layers)
         self.arch = arch
 
+    def __getitem__(self, index: int | slice) -> nn.Module:
+        """A slice is a plain `nn.Sequential` of those layers (e.g. the model without normalization)."""
+        if isinstance(index, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[index]))
+        return super().__getitem__(index)
+
 
 class BasicBlock(nn.Module):
     """torchvision's ResNet BasicBlock, without in-place ReLUs (they break double backward)."""

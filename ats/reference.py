@@ -61,3 +61,50 @@ def invert_gradient_sequential(model: nn.Module, target: tuple[Tensor, ...], lab
                 x.copy_(torch.maximum(torch.minimum(x, high), low))
     final = float(cost_of(x, create_graph=False))
     return (x.detach() * std + mean).clamp(0, 1), final
+
+
+from typing import TYPE_CHECKING  # noqa: E402  (appended section: S_pri)
+
+if TYPE_CHECKING:
+    from ats.policy import Hybrid, Policy
+    from ats.scores import PrivacyScore, ScoreConfig
+
+
+def privacy_score_sequential(model: nn.Module, policy: Policy | Hybrid | str | None, x: Tensor, y: Tensor, *,
+                             generator: torch.Generator, config: ScoreConfig | None = None) -> PrivacyScore:
+    """S_pri as the original computes it: per image, one `torch.autograd.grad` per path point.
+
+    Same inputs as `ats.scores.privacy_score` (`privacy_inputs` with the same generator), the
+    reference gradient at T(x), then for k = 0..K the gradient at x_k = (k/K)·T(x) + (1 − k/K)·z,
+    `F.cosine_similarity` per parameter tensor, the mean over tensors, and the trapezoid area.
+    """
+    from ats.federated import LOSSES
+    from ats.scores import PrivacyScore, ScoreConfig, _as_policy, _check_batch, privacy_inputs
+
+    config = config or ScoreConfig()
+    _check_batch(x, y)
+    policy = _as_policy(policy)
+    images, starts = privacy_inputs(policy, x, generator, semantics=config.semantics)
+    criterion = LOSSES[config.loss]
+    params = list(model.parameters())
+    bins = config.points - 1
+    training = model.training
+    model.eval()
+    curves, per_image = [], []
+    for image, start, label in zip(images, starts, y):
+        label = label[None]
+        target = torch.autograd.grad(criterion(model(image[None]), label), params)
+        curve = []
+        for k in range(bins + 1):
+            point = (k / bins) * image + (1 - k / bins) * start
+            trial = torch.autograd.grad(criterion(model(point[None]), label), params)
+            cosines = [nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0, eps=1e-30)
+                       for a, b in zip(trial, target)]
+            curve.append(float(sum(cosines)) / len(cosines))
+        area = sum((curve[k - 1] + curve[k]) / 2 for k in range(1, bins + 1)) / bins
+        curves.append(curve)
+        per_image.append(area)
+    model.train(training)
+    per_image = torch.tensor(per_image, dtype=torch.float64)
+    return PrivacyScore(str(policy), float(per_image.mean()), per_image, torch.tensor(curves, dtype=torch.float64),
+                        y.detach().cpu())

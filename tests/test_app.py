@@ -1,40 +1,192 @@
-"""The Streamlit app, headless through `streamlit.testing.v1.AppTest`."""
+"""The Streamlit app, headless through `streamlit.testing.v1.AppTest`, at the smoke budget."""
 from __future__ import annotations
 
-import pytest
 from pathlib import Path
 
+import pytest
+import torch
 from streamlit.testing.v1 import AppTest
+
+from ats import models, ui
+from ats.store import ScoreRow, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def playground() -> AppTest:
-    return AppTest.from_file(str(ROOT / "app_pages" / "playground.py"), default_timeout=120)
+def page(name: str) -> AppTest:
+    return AppTest.from_file(str(ROOT / "app_pages" / f"{name}.py"), default_timeout=180)
 
 
-def test_router_loads_the_playground(data_dir):
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+def router() -> AppTest:
+    return AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+
+
+def widget(elements, label: str):
+    """The widget among `elements` whose label starts with `label`."""
+    found = [e for e in elements if e.label.startswith(label)]
+    assert found, f"no widget labelled {label!r} among {[e.label for e in elements]}"
+    return found[0]
+
+
+def test_router_loads_the_playground_and_shows_the_device(data_dir):
+    at = router().run()
     assert not at.exception
     assert at.title[0].value == "Attack playground"
     assert "Device" in at.sidebar.markdown[0].value
 
 
-def test_run_an_attack_at_smoke_budget(data_dir):
-    at = playground().run()
-    at.slider[0].set_value(10)
+def test_run_an_attack_at_smoke_budget_and_keep_it_in_the_history(data_dir):
+    at = page("playground").run()
+    assert len(at.get("image")) >= 12 + 50  # the image gallery and the op gallery
+    widget(at.slider, "Iterations").set_value(10)
+    widget(at.slider, "Show a frame").set_value(5)
     at.button[0].click().run()
-    assert not at.exception
+    assert not at.exception, at.exception
     labels = [m.label for m in at.metric]
-    assert "PSNR vs original" in labels and "Label recovered" in labels
+    assert "PSNR vs original" in labels and "SSIM vs transformed" in labels
     assert at.metric[labels.index("Label recovered")].value == "yes"
+    assert at.subheader[-1].value == "Recent runs"
+    assert at.session_state["runs"][-1]["policy"] == "none"
+    history = at.dataframe[-1].value
+    assert list(history["policy"]) == ["none"] and history["PSNR vs x"].notna().all()
+
+
+def test_picking_ops_changes_the_policy(data_dir):
+    at = page("playground").run()
+    widget(at.multiselect, "Ops").set_value([3, 1, 7]).run()
+    assert not at.exception
+    assert any(c.value.startswith("**3-1-7**: translateX") for c in at.caption)
+    at.radio(key="policy_mode").set_value("type").run()
+    at.text_input(key="policy_text").input("3-1-7+43-18-18").run()
+    assert not at.error
+    assert any(c.value.startswith("**3-1-7+43-18-18**") for c in at.caption)
 
 
 def test_malformed_policy_is_an_inline_error(data_dir):
-    at = playground().run()
-    at.text_input[0].input("3--1")
+    at = page("playground").run()
+    at.radio(key="policy_mode").set_value("type").run()
+    at.text_input(key="policy_text").input("3--1").run()
+    assert not at.exception
+    assert "empty index" in at.error[0].value
+    widget(at.slider, "Iterations").set_value(10)
     at.button[0].click().run()
     assert not at.exception
-    assert "empty" in at.error[0].value
-    assert not at.metric
+    assert "empty index" in at.error[-1].value and not at.metric
+    assert at.title[0].value == "Attack playground"  # the rest of the page still works
+
+
+def test_sample_photos_and_a_shipped_checkpoint_of_another_architecture(data_dir):
+    at = page("playground").run()
+    at.radio(key="source").set_value("samples").run()
+    assert not at.exception and not at.error
+    shipped = [o for o in widget(at.selectbox, "Weights").options if o.endswith(".pt")]
+    if not shipped:
+        pytest.skip("no checkpoint shipped in assets/models/ yet")
+    widget(at.selectbox, "Model").set_value("convnet")
+    widget(at.selectbox, "Weights").set_value(shipped[0])
+    at.button[0].click().run()
+    assert not at.exception
+    assert "expected 'convnet'" in at.error[-1].value
+
+
+def test_uploaded_checkpoint_of_another_architecture_is_refused(tmp_path):
+    path = models.save_checkpoint(tmp_path / "lenet.pt", models.build_model("lenet", 10),
+                                  models.ModelMeta("lenet", "cifar10", 10, "none"))
+    with pytest.raises(ValueError, match="expected 'convnet'"):
+        ui.load_checkpoint_bytes(path.read_bytes(), expect_arch="convnet")
+    with pytest.raises(ValueError, match="10 classes"):
+        ui.load_checkpoint_bytes(path.read_bytes(), expect_arch="lenet", num_classes=100)
+    with pytest.raises(ValueError, match="not a readable torch file"):
+        ui.load_checkpoint_bytes(b"not a checkpoint")
+
+
+def test_scores_page_computes_the_policy_and_reference_points(data_dir):
+    at = page("scores").run()
+    assert not at.exception
+    at.text_input[0].input("3-1-7")
+    widget(at.slider, "Privacy images").set_value(1)
+    widget(at.slider, "Accuracy windows").set_value(1)
+    widget(at.slider, "Random reference").set_value(0)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    labels = [m.label for m in at.metric]
+    assert "S_pri (lower = more private)" in labels
+    table = at.dataframe[0].value
+    assert list(table["policy"]) == ["3-1-7", "none", "43-18-18", "3-1-7+43-18-18"]
+    assert table["S_pri"].between(-1, 1).all()
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_scores_page_refuses_a_malformed_policy(data_dir):
+    at = page("scores").run()
+    at.text_input[0].input("3-1-x")
+    at.button[0].click().run()
+    assert not at.exception
+    assert "not an index" in at.error[0].value and not at.metric
+
+
+def tiny_database(path: Path) -> Path:
+    with Store.open(path) as store:
+        for policy, privacy, accuracy in (("3-1-7", 0.2, -80.0), ("43-18-18", 0.3, -70.0),
+                                          ("5", 0.5, -60.0), ("0-0", 0.1, -120.0)):
+            store.put_score(ScoreRow(policy, "test-definition", "abc", 0, privacy, accuracy, accuracy / 100,
+                                     (privacy, privacy), 2, 0.1))
+    return path
+
+
+def test_search_explorer_opens_a_database_and_sends_a_policy_to_the_playground(data_dir, tmp_path):
+    db = tiny_database(tmp_path / "results.db")
+    at = router().run()
+    at.switch_page("app_pages/search_explorer.py").run()
+    assert at.title[0].value == "Search explorer"
+    at.radio(key="search_source").set_value("path").run()
+    widget(at.text_input, "Results database").input(str(db)).run()
+    assert not at.exception and not at.error
+    values = {m.label: m.value for m in at.metric}
+    assert values["policies"] == "4" and values["pass the threshold"] == "3" and values["best"] == "3-1-7"
+    assert len(at.get("plotly_chart")) == 1
+    widget(at.selectbox, "Or choose a policy").set_value("43-18-18")
+    widget(at.button, "Open in the playground").click().run()
+    assert not at.exception
+    assert at.title[0].value == "Attack playground"
+    assert at.text_input(key="policy_text").value == "43-18-18"
+
+
+def test_search_explorer_refuses_a_file_that_is_not_a_database(tmp_path):
+    bad = tmp_path / "notes.db"
+    bad.write_text("hello")
+    at = page("search_explorer").run()
+    at.radio(key="search_source").set_value("path").run()
+    widget(at.text_input, "Results database").input(str(bad)).run()
+    assert not at.exception
+    assert "not a results database" in at.error[0].value
+    widget(at.text_input, "Results database").input(str(tmp_path / "missing.db")).run()
+    assert "does not exist" in at.error[0].value
+
+
+def test_benchmark_page_without_and_with_a_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    at = page("benchmark").run()
+    assert not at.exception
+    assert "Not computed yet" in at.info[0].value
+    (tmp_path / "benchmark.csv").write_text(
+        "policy,defense,psnr_mean,psnr_std,psnr_original_mean,ssim_mean,accuracy\n"
+        "none,none,14.1,1.2,14.1,0.5,0.70\n3-1-7,none,8.3,0.9,7.9,0.1,0.69\n")
+    at = page("benchmark").run()
+    assert not at.exception and not at.info
+    assert list(at.dataframe[0].value["policy"]) == ["none", "3-1-7"]
+    assert len(at.get("plotly_chart")) == 2
+    (tmp_path / "benchmark.csv").write_text("policy,psnr\nnone,3\n")
+    at = page("benchmark").run()
+    assert not at.exception
+    assert "lacks the columns defense" in at.error[0].value
+
+
+def test_about_page_explains_and_cites():
+    at = page("about").run()
+    assert not at.exception
+    assert len(at.get("graphviz_chart")) == 2
+    text = " ".join(m.value for m in at.markdown)
+    for reference in ("CVPR 2021", "Deep Leakage from Gradients", "iDLG", "Inverting Gradients", "ReScience"):
+        assert reference in text

@@ -182,3 +182,10 @@ def test_unexpected_arch(tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", build_model("lenet", 10), _meta())
     with pytest.raises(ValueError, match="m.pt holds a 'lenet' model, expected 'convnet'"):
         load_checkpoint(path, expect_arch="convnet")
+
+
+def test_slicing_a_network_gives_its_layers():
+    model = build_model("lenet", 10, seed=0)
+    body = model[1:]
+    assert isinstance(body, torch.nn.Sequential) and len(body) == len(model) - 1
+    assert type(model[0]).__name__ == "Normalize"

@@ -1,0 +1,118 @@
+"""Scores: S_pri and S_acc of a policy, the similarity curve behind S_pri, and reference points."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+
+from ats import data, models, scores, ui
+from ats.policy import parse_policy
+from ats.runtime import pick_device
+
+UNTRAINED = "untrained resnet20 (quick look; not the paper's setting)"
+
+
+@st.cache_resource
+def privacy_model(choice: str, stamp: float) -> torch.nn.Module:
+    if choice == UNTRAINED:
+        return models.build_model("resnet20", 100, seed=0).to(pick_device()).eval()
+    model, _ = models.load_checkpoint(choice, device=pick_device())
+    return model.eval()
+
+
+@st.cache_resource
+def accuracy_model(arch: str, seed: int) -> torch.nn.Module:
+    return scores.accuracy_model(scores.ScoreConfig(arch=arch), seed).to(pick_device())
+
+
+@st.cache_data
+def test_set() -> data.ImageSet:
+    return data.load_dataset("cifar100", "test")
+
+
+@st.cache_data(show_spinner=False)
+def score(policy: str, choice: str, stamp: float, images: int, windows: int, seed: int) -> dict:
+    """S_pri, S_acc and the mean similarity curve of one policy (cached per setting)."""
+    config = replace(scores.ScoreConfig.smoke(), privacy_images=images, accuracy_runs=windows)
+    privacy, accuracy = scores.score_policy(policy, privacy_model=privacy_model(choice, stamp),
+                                            accuracy_model=accuracy_model(config.arch, seed), data=test_set(),
+                                            config=config, seed=seed)
+    return {"policy": policy, "S_pri": privacy.value, "S_acc": accuracy.value,
+            "S_acc per image": accuracy.normalized, "curve": privacy.curve.tolist()}
+
+
+st.title("Privacy and accuracy scores")
+st.markdown(
+    "ATS ranks a policy **without running an attack**. **S_pri** walks a straight path from noise to the "
+    "transformed image and asks how similar the model's gradient is along the way to the gradient at the image: "
+    "if the gradient already points the right way far from the image, an attacker who follows it finds the image "
+    "(high similarity = leaky, **lower is more private**). **S_acc** scores how well an untrained network "
+    "separates the transformed images (Jacobian correlation; **higher is better**); policies below "
+    f"{scores.ACCURACY_THRESHOLD:g} are rejected by the search.")
+
+checkpoint = scores.default_score_checkpoint()
+choices = ([str(checkpoint)] if checkpoint.is_file() else []) + [UNTRAINED]
+if not checkpoint.is_file():
+    st.info(f"The tiny-data S_pri model `{checkpoint.name}` is not available yet (build it with "
+            f"`ats train --recipe tiny --out {checkpoint}`); scores below use an untrained model instead.")
+with st.form("scores"):
+    left, right = st.columns(2)
+    policy_text = left.text_input("Policy", value=st.session_state.get("current_policy", "3-1-7"))
+    choice = left.selectbox("S_pri model", choices)
+    images = right.slider("Privacy images (the paper: 100)", 1, 100, 8)
+    windows = right.slider("Accuracy windows of 100 images (the paper: 10)", 1, 10, 2)
+    extra = right.slider("Random reference policies", 0, 8, 3)
+    submitted = st.form_submit_button("Compute scores", type="primary")
+
+if not submitted:
+    st.caption("Press **Compute scores**: each policy takes a few seconds on a CPU; results are cached.")
+    st.stop()
+try:
+    policy = str(parse_policy(policy_text))
+    test_set()
+except ValueError as error:
+    st.error(str(error))
+    st.stop()
+st.session_state["current_policy"] = policy
+stamp = checkpoint.stat().st_mtime if choice == str(checkpoint) else 0.0  # a retrained model is a new one
+references = [p for p in ui.reference_policies(extra, seed=0) if p != policy]
+rows = []
+bar = st.progress(0.0, text="scoring…")
+try:
+    for number, name in enumerate([policy, *references], start=1):
+        bar.progress((number - 1) / (len(references) + 1), text=f"scoring {name} ({number}/{len(references) + 1})")
+        rows.append(score(name, choice, stamp, images, windows, 0))
+except ValueError as error:  # e.g. a checkpoint that is not an ats checkpoint
+    st.error(str(error))
+    st.stop()
+bar.progress(1.0, text=f"scored {len(rows)} policies")
+current = rows[0]
+m = st.columns(3)
+m[0].metric("S_pri (lower = more private)", f"{current['S_pri']:.4f}")
+m[1].metric("S_acc (higher = better)", f"{current['S_acc']:.2f}")
+m[2].metric("passes the accuracy threshold", "yes" if current["S_acc"] >= scores.ACCURACY_THRESHOLD else "no")
+
+left, right = st.columns(2)
+curve = go.Figure()
+for row in rows[:1] + [r for r in rows if r["policy"] == "none"]:
+    k = torch.linspace(0, 1, len(row["curve"])).tolist()
+    curve.add_scatter(x=k, y=row["curve"], mode="lines+markers", name=row["policy"])
+curve.update_layout(title="Gradient similarity along the path noise → T(x)", height=380,
+                    xaxis_title="position on the path (0 = noise, 1 = the image)",
+                    yaxis_title="mean cosine to the image's gradient")
+left.plotly_chart(curve, width="stretch")
+table = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in rows])
+table["kind"] = ["this policy"] + ["the paper's" if p in ui.PAPER_POLICIES else "random" for p in table["policy"][1:]]
+scatter = go.Figure()
+for kind, symbol, size in (("random", "circle", 9), ("the paper's", "diamond", 11), ("this policy", "star", 18)):
+    part = table[table["kind"] == kind]
+    scatter.add_scatter(x=part["S_pri"], y=part["S_acc"], mode="markers+text", text=part["policy"],
+                        textposition="top center", name=kind, marker={"symbol": symbol, "size": size})
+scatter.add_hline(y=scores.ACCURACY_THRESHOLD, line_dash="dash", annotation_text="accuracy threshold")
+scatter.update_layout(title="Where the policy sits", height=380, xaxis_title="S_pri (← more private)",
+                      yaxis_title="S_acc (↑ better accuracy)")
+right.plotly_chart(scatter, width="stretch")
+st.dataframe(table, hide_index=True, width="stretch")

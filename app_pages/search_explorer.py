@@ -1,0 +1,164 @@
+"""Search explorer: a results database of policy scores, its Pareto front, and the selected policies."""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+
+from ats import data, models, scores, search, ui
+from ats.runtime import pick_device
+from ats.store import Store
+
+SOURCES = {"path": "Open a database file", "upload": "Upload a database", "run": "Run a small search"}
+
+
+@st.cache_resource
+def search_models(checkpoint: str, stamp: float) -> tuple[torch.nn.Module, torch.nn.Module, str, str]:
+    """The S_pri model (the shipped checkpoint, else an untrained resnet20), the S_acc model, arch, hash."""
+    device = pick_device()
+    if checkpoint:
+        model, meta = models.load_checkpoint(checkpoint, device=device)
+        arch, key = meta.arch, models.checkpoint_hash(checkpoint)
+    else:
+        model, arch, key = models.build_model("resnet20", 100, seed=0), "resnet20", "untrained-resnet20-seed0"
+    accuracy = scores.accuracy_model(scores.ScoreConfig(arch=arch), 0).to(device)
+    return model.to(device).eval(), accuracy, arch, key
+
+
+def small_search(path: Path, count: int, images: int, seed: int) -> None:
+    """Score `count` seeded candidates (and the paper's policies) into `path`, with a progress bar."""
+    checkpoint = scores.default_score_checkpoint()
+    found = checkpoint.is_file()
+    if not found:
+        st.info(f"The tiny-data S_pri model `{checkpoint.name}` is not available yet; this search uses an "
+                "untrained resnet20, so its S_pri values are not the paper's.")
+    privacy_model, accuracy_model, arch, key = search_models(str(checkpoint) if found else "",
+                                                            checkpoint.stat().st_mtime if found else 0.0)
+    config = replace(scores.ScoreConfig.smoke(), arch=arch, privacy_images=images)
+    policies = list(ui.PAPER_POLICIES) + [str(p) for p in search.candidates(count, seed)]
+    bar = st.progress(0.0, text="scoring…")
+
+    def report(progress: search.SearchProgress) -> None:
+        bar.progress(progress.done / max(1, progress.total),
+                     text=f"{progress.stage}: {progress.policy} ({progress.done}/{progress.total})")
+
+    with Store.open(path) as store:
+        result = search.run_search(policies, store=store, privacy_model=privacy_model, accuracy_model=accuracy_model,
+                                   data=data.load_dataset("cifar100", "test"), config=config, seed=seed,
+                                   checkpoint_hash=key, callback=report)
+    bar.progress(1.0, text=f"scored {result.scored} policies ({result.skipped} already stored) in "
+                           f"{result.seconds:.0f} s")
+
+
+def database_path(source: str) -> Path | None:
+    """The database the user chose, or None (with a message) when there is none yet."""
+    if source == "path":
+        text = st.text_input("Results database", value=st.session_state.get("search_db", "results.db"))
+        return ui.existing_database(text)
+    if source == "upload":
+        file = st.file_uploader("A results .db written by `ats search`", type=None)
+        if file is None:
+            st.info("Upload a results database to explore it.")
+            return None
+        path = Path(tempfile.gettempdir()) / f"ats-upload-{hashlib.sha256(file.getvalue()).hexdigest()[:16]}.db"
+        path.write_bytes(file.getvalue())
+        return path
+    with st.form("search"):
+        left, right = st.columns(2)
+        target = left.text_input("Write results to", value=str(Path(tempfile.gettempdir()) / "ats-app-search.db"))
+        count = left.slider("Random candidates (the paper: 1,500)", 1, 64, 8)
+        images = right.slider("Privacy images per policy", 1, 100, 4)
+        seed = right.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0)
+        submitted = st.form_submit_button("Run search", type="primary")
+    path = Path(target).expanduser()
+    if submitted:
+        small_search(path, int(count), int(images), int(seed))
+        st.session_state["search_db"] = str(path)
+    if not path.is_file():
+        st.caption("No results yet: press **Run search**.")
+        return None
+    return path
+
+
+def scatter(rows: list, selection: search.Selection) -> go.Figure:
+    figure = go.Figure()
+    passed = {r.policy for r in selection.ranked}
+    front = {r.policy for r in selection.pareto}
+    top = {r.policy for r in selection.top}
+    for name, members, marker in (
+        ("rejected (S_acc below threshold)", [r for r in rows if r.policy not in passed], {"color": "#bbbbbb"}),
+        ("passed", [r for r in rows if r.policy in passed and r.policy not in top], {"color": "#1f77b4"}),
+        ("selected (top)", [r for r in rows if r.policy in top], {"color": "#d62728", "symbol": "star", "size": 16}),
+    ):
+        figure.add_scatter(x=[r.privacy for r in members], y=[r.accuracy for r in members], mode="markers",
+                           name=name, marker={"size": 9, **marker}, customdata=[r.policy for r in members],
+                           hovertemplate="%{customdata}<br>S_pri %{x:.4f}<br>S_acc %{y:.2f}<extra></extra>")
+    pareto = [r for r in rows if r.policy in front]
+    figure.add_scatter(x=[r.privacy for r in pareto], y=[r.accuracy for r in pareto], mode="lines",
+                       name="Pareto front", line={"dash": "dot", "color": "#2ca02c"}, hoverinfo="skip")
+    figure.add_hline(y=selection.threshold, line_dash="dash", annotation_text=f"threshold {selection.threshold:g}")
+    figure.update_layout(height=480, xaxis_title="S_pri (← more private)", yaxis_title="S_acc (↑ better accuracy)",
+                         clickmode="event+select")
+    return figure
+
+
+def send_to_playground(policy: str) -> None:
+    st.session_state["send_policy"] = policy
+    st.session_state["current_policy"] = policy
+    st.switch_page("app_pages/playground.py")
+
+
+st.title("Search explorer")
+st.markdown("Each point is a candidate policy scored by `ats search`: left is more private, up is better expected "
+            "accuracy. The search keeps the policies above the threshold, ranks them by S_pri, and proposes the "
+            "best and a hybrid of policies that share no op. **Click a point** to try that policy in the playground.")
+opened = "search_db" in st.session_state or Path("results.db").is_file()
+source = st.radio("Results", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="search_source",
+                  index=0 if opened else 2)
+try:
+    path = database_path(source)
+    if path is None:
+        st.stop()
+    with Store.open(path) as store:
+        groups = store.groups()
+        if not groups:
+            st.info(f"{path} holds no scores yet.")
+            st.stop()
+        group = st.selectbox("Scores of", groups, format_func=lambda g: f"{g.definition} · checkpoint "
+                                                                       f"{g.checkpoint} · seed {g.seed} ({g.rows} policies)")
+        rows = store.get_scores(group.definition, group.checkpoint, group.seed)
+except ValueError as error:
+    st.error(str(error))
+    st.stop()
+
+threshold = st.number_input("Accuracy threshold on S_acc (the paper: −85 for windows of 100 images)",
+                            value=search.ACCURACY_THRESHOLD, step=5.0)
+selection = search.select(rows, threshold=float(threshold))
+m = st.columns(4)
+m[0].metric("policies", selection.candidates)
+m[1].metric("pass the threshold", len(selection.ranked))
+m[2].metric("best", selection.top[0].policy if selection.top else "—")
+m[3].metric("hybrid", str(selection.hybrid) if selection.hybrid else "—")
+if selection.note:
+    st.warning(selection.note)
+event = st.plotly_chart(scatter(rows, selection), width="stretch", key="search_scatter", on_select="rerun",
+                        selection_mode="points")
+clicked = [p.get("customdata") for p in (event.selection.points if event else []) if p.get("customdata")]
+if clicked:
+    send_to_playground(clicked[0])
+
+left, right = st.columns([3, 1])
+options = [str(selection.hybrid)] * bool(selection.hybrid) + [r.policy for r in selection.ranked] or [r.policy for r in rows]
+chosen = left.selectbox("Or choose a policy", options)
+right.write("")
+if right.button("Open in the playground", type="primary"):
+    send_to_playground(chosen)
+table = pd.DataFrame([{**r.to_dict(), "passes": r.passes(selection.threshold),
+                       "Pareto": r in selection.pareto} for r in rows]).sort_values("privacy")
+st.dataframe(table, hide_index=True, width="stretch")

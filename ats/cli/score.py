@@ -1,0 +1,115 @@
+"""`ats score`: the privacy score S_pri and accuracy score S_acc of given policies (Gao et al., CVPR 2021, §4.2–4.3)."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ats.cli import add_common, log, progress
+
+PRESETS = ("smoke", "laptop", "paper")
+
+
+def add_scoring_flags(p: argparse.ArgumentParser) -> None:
+    """The flags `ats score` and `ats search` share: what the scores are computed with."""
+    p.add_argument("--preset", default="laptop", choices=PRESETS, help="score definition preset (default laptop)")
+    p.add_argument("--model", help="architecture (default: the checkpoint's); must match --checkpoint")
+    p.add_argument("--checkpoint", type=Path,
+                   help="the tiny-data model behind S_pri (default assets/models/tiny-cifar100-resnet20.pt)")
+    p.add_argument("--images", type=int, help="privacy-score images (default: the preset's)")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="privacy and accuracy scores of policies, without running an attack",
+                       description="Compute S_pri (lower = more private) and S_acc (higher = better expected "
+                                   "accuracy; policies below the threshold are rejected by the search).")
+    p.add_argument("policies", nargs="+", metavar="POLICY", help="e.g. 3-1-7, 43-18-18, 3-1-7+43-18-18 or none")
+    add_scoring_flags(p)
+    add_common(p)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Everything a score needs, loaded once: config, both models, the images, the checkpoint's hash."""
+
+    config: object  # ats.scores.ScoreConfig
+    privacy_model: object
+    accuracy_model: object
+    data: object  # ats.data.ImageSet
+    checkpoint: Path
+    checkpoint_hash: str
+
+
+def score_config(args):
+    """The ScoreConfig named by --preset, with --images applied."""
+    from ats import scores
+
+    config = getattr(scores.ScoreConfig, args.preset)()
+    if args.images is not None:
+        if args.images < 1:
+            raise ValueError(f"--images {args.images} must be at least 1")
+        config = replace(config, privacy_images=args.images)
+    return config
+
+
+def checkpoint_path(args) -> Path:
+    """--checkpoint, else the shipped tiny-data model; a clear error when the default is missing."""
+    from ats import scores
+
+    if args.checkpoint is not None:
+        return args.checkpoint
+    path = scores.default_score_checkpoint()
+    if not path.is_file():
+        raise ValueError(f"the S_pri model {path} does not exist; build it with "
+                         f"`ats train --recipe tiny --out {path}` or pass --checkpoint")
+    return path
+
+
+def load_scoring(args, device) -> Scoring:
+    """Load the S_pri checkpoint, the untrained S_acc model and the test images for `args`."""
+    from ats import models, scores
+    from ats.data import load_dataset
+
+    config = score_config(args)
+    path = checkpoint_path(args)
+    privacy_model, meta = models.load_checkpoint(path, device=device, expect_arch=args.model)
+    config = replace(config, arch=meta.arch)
+    privacy_model.eval()
+    accuracy_model = scores.accuracy_model(config, args.seed, num_classes=meta.num_classes).to(device)
+    data = load_dataset(meta.dataset, "test")
+    return Scoring(config, privacy_model, accuracy_model, data, path, models.checkpoint_hash(path))
+
+
+def run(args) -> int:
+    from ats import scores
+    from ats.runtime import describe_device, pick_device
+    from ats.search import parse_policies
+
+    device = pick_device(args.device)
+    policies = parse_policies(args.policies)
+    setup = load_scoring(args, device)
+    log(f"ats score: {len(policies)} policies, preset {setup.config.name}, {setup.config.privacy_images} "
+        f"privacy images, model {setup.checkpoint}, {describe_device(device)}")
+    results = []
+    bar = progress(len(policies), unit="policy")
+    for policy in policies:
+        started = time.perf_counter()
+        privacy, accuracy = scores.score_policy(policy, privacy_model=setup.privacy_model,
+                                                accuracy_model=setup.accuracy_model, data=setup.data,
+                                                config=setup.config, seed=args.seed)
+        results.append({"policy": str(policy), "privacy": float(privacy.value), "accuracy": float(accuracy.value),
+                        "accuracy_normalized": float(accuracy.normalized),
+                        "passes": bool(accuracy.value >= scores.ACCURACY_THRESHOLD),
+                        "seconds": round(time.perf_counter() - started, 3)})
+        bar.update(1)
+    bar.close()
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    print(f"{'policy':<16} {'S_pri':>7} {'S_acc':>9} {'S_acc/img':>9}  threshold {scores.ACCURACY_THRESHOLD:g}")
+    for r in results:
+        verdict = "passes" if r["passes"] else "rejected"
+        print(f"{r['policy']:<16} {r['privacy']:7.4f} {r['accuracy']:9.2f} {r['accuracy_normalized']:9.4f}  {verdict}")
+    return 0

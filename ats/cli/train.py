@@ -1,0 +1,83 @@
+"""`ats train`: train a model by one of the recipes of `ats.train` and save it as an ats checkpoint."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from ats.cli import add_common, log, progress
+
+RECIPES = ("paper", "laptop", "tiny", "tiny-paper", "smoke")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model (paper, laptop, tiny-data or smoke recipe)",
+                       description="Train a model with crop, flip and an optional policy; resumable after every epoch.")
+    p.add_argument("--recipe", default="laptop", help=f"{', '.join(RECIPES)} (default laptop)")
+    p.add_argument("--model", help="override the recipe's model: resnet20-4, resnet20, convnet, lenet")
+    p.add_argument("--policy", default="none", help="transformation policy, e.g. 3-1-7 or 3-1-7+43-18-18")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs (the lr milestones scale with it)")
+    p.add_argument("--data", default="cifar100", help="cifar100, cifar10 or fmnist (default cifar100)")
+    p.add_argument("--out", type=Path, help="checkpoint path (default runs/models/RECIPE-DATA-MODEL[-POLICY].pt)")
+    p.add_argument("--resume", action="store_true", help="continue from the state saved after the last finished epoch")
+    p.add_argument("--keep-state", action="store_true", help="keep the resumable state file (OUT.state) at the end")
+    p.add_argument("--note", default="", help="a note kept in the checkpoint's metadata (why epochs differ, say)")
+    p.add_argument("--download", action="store_true", help="download the dataset if no local copy is found")
+    add_common(p)
+
+
+def run(args) -> int:
+    from ats import data, train
+    from ats.policy import parse_policy
+    from ats.runtime import describe_device, pick_device
+
+    recipe = train.TrainRecipe.preset(args.recipe)
+    if args.model is not None:
+        recipe = replace(recipe, arch=args.model)
+    if args.epochs is not None:
+        recipe = replace(recipe, epochs=args.epochs)
+    policy = parse_policy(args.policy)
+    if args.data not in train.NUM_CLASSES:
+        raise ValueError(f"--data {args.data!r} is not one of {', '.join(train.NUM_CLASSES)}")
+    device = pick_device(args.device)
+    train_set = data.load_dataset(args.data, "train", download=args.download)
+    test_set = data.load_dataset(args.data, "test", download=args.download)
+    suffix = "" if str(policy) == "none" else f"-{policy}"
+    out = args.out or Path("runs") / "models" / f"{recipe.name}-{args.data}-{recipe.arch}{suffix}.pt"
+    log(f"ats train: recipe {recipe.name}, {recipe.arch}, {recipe.epochs} epochs, policy {policy}, "
+        f"{args.data} ({recipe.data_fraction:.0%} of {len(train_set)} images), {describe_device(device)} -> {out}")
+    bar = None
+
+    def report(step: train.TrainProgress) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = progress(step.epochs * step.batches, unit="batch")
+            bar.update((step.epoch - 1) * step.batches + step.batch - 1)  # a resumed run starts part-way
+        bar.update(1)
+        postfix = {"epoch": f"{step.epoch}/{step.epochs}", "loss": f"{step.loss:.3f}"}
+        if step.accuracy is not None:
+            postfix["acc"] = f"{step.accuracy:.1%}"
+            log(f"epoch {step.epoch}: test accuracy {step.accuracy:.2%} after {step.seconds:.0f} s")
+        bar.set_postfix(postfix)
+
+    try:
+        result = train.train(recipe, policy=policy, data=train_set, test=test_set, out=out, seed=args.seed,
+                             device=device, callback=report, resume=args.resume, keep_state=args.keep_state,
+                             note=args.note)
+    finally:
+        if bar is not None:
+            bar.close()
+    document = {
+        "checkpoint": str(result.checkpoint),
+        "accuracy": result.accuracy,
+        "epochs": result.epochs,
+        "seconds": round(result.seconds, 1),
+        "device": result.device,
+    }
+    if args.json:
+        print(json.dumps(document))
+    else:
+        print(f"{result.checkpoint}: {recipe.arch} after {result.epochs} epochs, test accuracy "
+              f"{result.accuracy:.2%}, {result.seconds:.0f} s on {result.device}")
+    return 0
