@@ -220,6 +220,13 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta) 
         "meta": asdict(meta),
         "state_dict": {name: value.detach().cpu() for name, value in model.state_dict().items()},
     }
+    return atomic_save(payload, path)
+
+
+def atomic_save(payload: dict, path: str | os.PathLike) -> Path:
+    """`torch.save(payload)` to `path` through a temporary file and a rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:

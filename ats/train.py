@@ -16,7 +16,6 @@ output, so an interrupted run resumes (`resume=True`) and ends with the same wei
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,11 +26,12 @@ from torch import nn
 
 from ats import data as data_module
 from ats import models
+from ats.federated import LOSSES as LOSS_FUNCTIONS
 from ats.ops import check_semantics
 from ats.policy import Hybrid, Policy, parse_policy, transform
 from ats.runtime import make_generator
 
-LOSSES = ("half-ce", "ce")
+LOSSES = tuple(LOSS_FUNCTIONS)  # the loss names federated.py defines
 STATE_FORMAT = "ats-train-state/1"
 NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "fmnist": 10}
 
@@ -169,23 +169,6 @@ def training_subset(recipe: TrainRecipe, data: data_module.ImageSet, seed: int) 
     return data.subset(indices)
 
 
-def _loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    scale = 0.5 if name == "half-ce" else 1.0
-    return lambda logits, y: scale * nn.functional.cross_entropy(logits, y)
-
-
-def _atomic_save(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def train(recipe: TrainRecipe, *, policy: Policy | Hybrid | str | None = None,
           data: data_module.ImageSet, test: data_module.ImageSet | None = None,
           out: str | os.PathLike, seed: int = 0, device: torch.device | str = "cpu",
@@ -241,7 +224,7 @@ def train(recipe: TrainRecipe, *, policy: Policy | Hybrid | str | None = None,
         start, seconds = int(state["epoch"]), float(state["seconds"])
         epoch_losses = [float(v) for v in state["epoch_losses"]]
         accuracies = [(int(e), float(a)) for e, a in state["accuracies"]]
-    loss_fn = _loss_fn(recipe.loss)
+    loss_fn = LOSS_FUNCTIONS[recipe.loss]
     started = time.perf_counter()
     for epoch in range(start + 1, recipe.epochs + 1):
         epoch_started = time.perf_counter()
@@ -267,7 +250,7 @@ def train(recipe: TrainRecipe, *, policy: Policy | Hybrid | str | None = None,
                     accuracy = evaluate(model, test, device=device)
                     accuracies.append((epoch, accuracy))
                 seconds += time.perf_counter() - epoch_started
-                _atomic_save({
+                models.atomic_save({
                     "format": STATE_FORMAT, "identity": identity, "epoch": epoch, "seconds": seconds,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "order_generator": order_generator.get_state(),
