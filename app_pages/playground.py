@@ -44,6 +44,15 @@ def image_set(source: str) -> data.ImageSet:
 
 
 @st.cache_data
+def cifar_available() -> bool:
+    try:
+        image_set("cifar100")
+    except ValueError:
+        return False
+    return True
+
+
+@st.cache_data
 def uploaded_image(content: bytes) -> torch.Tensor:
     return data.load_image(content)  # (3, 32, 32)
 
@@ -55,7 +64,8 @@ def op_gallery(image: np.ndarray) -> list:
 
 def choose_image() -> tuple[torch.Tensor, int, str] | None:
     """The private image (3, 32, 32), its label and a name, from the gallery or an upload."""
-    source = st.radio("Image", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="source")
+    source = st.radio("Image", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="source",
+                      index=0 if cifar_available() else 1)  # no CIFAR-100 copy: start on the sample photos
     if source == "upload":
         file = st.file_uploader("An image (PNG, JPEG, …); it is centre-cropped and resized to 32×32",
                                 type=None, key="image_upload")
