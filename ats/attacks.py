@@ -8,6 +8,10 @@ Implements, on one batched engine:
 * Deep Leakage from Gradients (Zhu et al., NeurIPS 2019): L-BFGS on an L2 cost, labels optimized
   jointly; and iDLG (Zhao et al., 2020), which first reads the label off the last layer's gradient.
 * The paper's Table 2 variants: Adam+L1, Adam+L2, L-BFGS+cosine, SGD+cosine.
+* A policy-aware attacker ("aware"): IG that also learns the translation the client's policy
+  (and its random crop) applied, and, over pairs of restarts, whether it flipped the image. It
+  reconstructs the *untransformed* image, the threat the paper left out and the 2022 ReScience
+  reproduction found undoes most of the translations' protection.
 
 Every attack optimizes N *candidates* at once, one per (target, restart). For independent attacks
 each candidate holds one image and matches that image's own gradient; for a joint attack each
@@ -28,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
@@ -59,6 +64,7 @@ class AttackConfig:
     momentum: float = 0.9  # sgd only
     history: int = 100  # lbfgs only: curvature pairs kept
     inner: int = 20  # lbfgs only: evaluations per iteration (torch's max_iter)
+    aware: bool = False  # also learn the policy's translation (and flip, over restart pairs)
 
     def __post_init__(self) -> None:
         for value, allowed, what in (
@@ -75,6 +81,8 @@ class AttackConfig:
             raise ValueError(f"restarts must be at least 1, got {self.restarts}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.aware and self.labels == "joint":
+            raise ValueError("the policy-aware attacker needs known or inferred labels, not joint ones")
 
     @classmethod
     def ig(cls) -> AttackConfig:
@@ -112,6 +120,17 @@ class AttackConfig:
         return cls(name="sgd-cos", optimizer="sgd", lr=0.01)
 
     @classmethod
+    def aware_ig(cls) -> AttackConfig:
+        """IG that knows the policy: it learns the translation, starting from the policy's own shift.
+
+        The signs of the policy's shifts and the flip are random per image, so restarts try the
+        hypotheses in turn (restart r: flipped if bit 0 of r, x shift negative if bit 1, y shift
+        negative if bit 2), and the one with the lowest cost wins; 4 restarts cover the flip and
+        the x sign. See `shift_hypotheses`.
+        """
+        return cls(name="aware", aware=True, restarts=4)
+
+    @classmethod
     def preset(cls, name: str) -> AttackConfig:
         """The preset called `name` (see `PRESETS`)."""
         if name not in PRESETS:
@@ -127,6 +146,7 @@ PRESETS = {
     "adam-l2": AttackConfig.adam_l2,
     "lbfgs-cos": AttackConfig.lbfgs_cos,
     "sgd-cos": AttackConfig.sgd_cos,
+    "aware": AttackConfig.aware_ig,
 }
 
 
@@ -150,6 +170,11 @@ class Reconstruction:
     done: bool
     config: AttackConfig = field(repr=False)
     history: tuple[tuple[int, tuple[float, ...]], ...] = field(default=(), repr=False)
+    # policy-aware attacks only: the reconstruction passed through the learned transform (an
+    # estimate of T(x)), the learned shift in pixels (B, 2) and flip (B,)
+    transformed: Tensor | None = None
+    shifts: Tensor | None = None
+    flips: Tensor | None = None
 
     @property
     def failed(self) -> bool:
@@ -219,6 +244,9 @@ class _Problem:
     std: Tensor
     num_classes: int
     half: bool
+    reach: Tensor  # (2,) the largest |shift| in pixels (x, y) the aware attacker considers
+    starts: Tensor  # (N, 2) per candidate: the shift it starts from (aware attacks)
+    flips: Tensor  # (N,) bool, per candidate: does it assume a flipped image (aware attacks)
 
     @classmethod
     def build(cls, model: nn.Module, update: SharedUpdate, config: AttackConfig, *, joint: bool) -> _Problem:
@@ -242,6 +270,9 @@ class _Problem:
         else:
             labels = torch.zeros(batch, dtype=torch.long, device=device)
         mean, std = _input_stats(model, device)
+        reach, starts, flips = shift_hypotheses(update.policy, update.crop_flip, config.restarts,
+                                                update.transformed.shape[-1])
+        reach, starts, flips = reach.to(device), starts.repeat(groups, 1).to(device), flips.repeat(groups).to(device)
         return cls(
             model=model,
             params={n: p.detach() for n, p in model.named_parameters()},
@@ -256,6 +287,9 @@ class _Problem:
             std=std,
             num_classes=_num_classes(model),
             half=update.loss == "half-ce",
+            reach=reach,
+            starts=starts,
+            flips=flips,
         )
 
     @property
@@ -266,7 +300,7 @@ class _Problem:
     def size(self) -> int:
         """Length of one candidate's variable: its images (+ its label logits, for joint labels)."""
         extra = self.k * self.num_classes if self.config.labels == "joint" else 0
-        return self.image_size + extra
+        return self.image_size + extra + (2 if self.config.aware else 0)
 
     @property
     def candidates(self) -> int:
@@ -291,13 +325,27 @@ class _Problem:
         if self.config.labels == "joint":
             logits = torch.randn(n, self.size - self.image_size, generator=generator, device=device)
             images = torch.cat([images, logits], dim=1)
+        if self.config.aware:  # each candidate starts from its hypothesis' shift
+            images = torch.cat([images, self.starts], dim=1)
         return images.clone().requires_grad_(True)
 
     def unpack(self, v: Tensor) -> tuple[Tensor, Tensor | None]:
         """One candidate's variable -> (normalized images (k, C, H, W), label logits (k, classes) or None)."""
         images = v[: self.image_size].reshape(self.k, *self.shape)
-        logits = v[self.image_size:].reshape(self.k, self.num_classes) if self.config.labels == "joint" else None
+        logits = (v[self.image_size: self.image_size + self.k * self.num_classes].reshape(self.k, self.num_classes)
+                  if self.config.labels == "joint" else None)
         return images, logits
+
+    def warp(self, pixels: Tensor, shift: Tensor, flip: Tensor) -> Tensor:
+        """The aware attacker's guess of the transform: flip, then shift by `shift` px (x, y), black fill."""
+        pixels = torch.where(flip, pixels.flip(-1), pixels)
+        h, w = self.shape[-2:]
+        xs = (torch.arange(w, device=pixels.device) * 2 + 1) / w - 1  # pixel centres, align_corners=False
+        ys = (torch.arange(h, device=pixels.device) * 2 + 1) / h - 1
+        grid_x = (xs - 2 * shift[0] / w).expand(h, w)
+        grid_y = (ys - 2 * shift[1] / h)[:, None].expand(h, w)
+        grid = torch.stack([grid_x, grid_y], dim=-1).expand(pixels.shape[0], h, w, 2)
+        return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def to_pixels(self, z: Tensor) -> Tensor:
         """Candidates' normalized images -> pixel space, (N, k, C, H, W)."""
@@ -307,10 +355,13 @@ class _Problem:
     def bounds(self) -> tuple[Tensor, Tensor]:
         return (0 - self.mean) / self.std, (1 - self.mean) / self.std
 
-    def candidate_cost(self, v: Tensor, target: tuple[Tensor, ...], labels: Tensor, with_tv: bool = True) -> Tensor:
+    def candidate_cost(self, v: Tensor, target: tuple[Tensor, ...], labels: Tensor, flip: Tensor,
+                       with_tv: bool = True) -> Tensor:
         """Gradient-matching cost of one candidate (+ TV): the attack's objective."""
         images, logits = self.unpack(v)
         pixels = images * self.std + self.mean
+        if self.config.aware:
+            pixels = self.warp(pixels, v[-2:], flip)
 
         def loss_of(params: dict[str, Tensor]) -> Tensor:
             out = functional_call(self.model, (params, self.buffers), (pixels,))
@@ -332,9 +383,36 @@ class _Problem:
         index = self.group_of()
         targets = tuple(t[index] for t in self.targets)
         labels = self.labels[index]
-        fn = grad_and_value(lambda v, t, y: self.candidate_cost(v, t, y, with_tv))
-        grads, costs = vmap(fn)(z.detach(), targets, labels)
+        fn = grad_and_value(lambda v, t, y, f: self.candidate_cost(v, t, y, f, with_tv))
+        grads, costs = vmap(fn)(z.detach(), targets, labels, self.flips)
         return costs, grads
+
+
+def shift_hypotheses(policy: str, crop_flip: bool, restarts: int, size: int = 32) -> tuple[Tensor, Tensor, Tensor]:
+    """What an attacker who knows `policy` assumes about its geometry, per restart.
+
+    Returns the reach (2,), the largest |shift| in pixels (x, y) the policy plus a padding-4 crop
+    can apply (for a hybrid, the largest over its policies); the starting shift of each restart
+    (R, 2): the policy's own total shift (of its largest-shifting policy), signed by bits 1 and 2
+    of the restart index; and whether each restart assumes a flipped image (R,), bit 0, when a
+    crop and flip came first. The crop's ±4 px are left to the optimizer.
+    """
+    from ats.policy import Hybrid, parse_policy
+
+    parsed = parse_policy(policy)
+    reach, typical = torch.zeros(2), torch.zeros(2)
+    for part in parsed.policies if isinstance(parsed, Hybrid) else (parsed,):
+        shift = torch.zeros(2)
+        for op in part.ops:
+            if op.name in ("translateX", "translateY"):
+                shift[int(op.name == "translateY")] += op.magnitude * size
+        if shift.sum() > typical.sum():
+            typical = shift
+        reach = torch.maximum(reach, shift)
+    r = torch.arange(restarts)
+    flips = (r % 2 == 1) & crop_flip
+    signs = torch.stack([1 - 2 * (r // 2 % 2), 1 - 2 * (r // 4 % 2)], dim=1).float()
+    return reach + (4.0 if crop_flip else 0.0), signs * typical, flips
 
 
 def _cosine_cost(trial: tuple[Tensor, ...], target: tuple[Tensor, ...]) -> Tensor:
@@ -426,6 +504,8 @@ def _clamp(problem: _Problem, z: Tensor) -> None:
     with torch.no_grad():
         images = z[:, : problem.image_size].view(-1, problem.k, *problem.shape)
         images.copy_(torch.maximum(torch.minimum(images, high), low))
+        if problem.config.aware:
+            z[:, -2:].copy_(torch.maximum(torch.minimum(z[:, -2:], problem.reach), -problem.reach))
 
 
 class _BatchedLBFGS:
@@ -568,6 +648,13 @@ class _Best:
         if config.labels == "joint":
             logits = self.last_good[chosen, problem.image_size:].view(-1, problem.num_classes)
             labels = logits.argmax(dim=1)
+        transformed = shifts = flips = None
+        if config.aware:
+            shifts = self.last_good[chosen, -2:]
+            flips = problem.flips[chosen]
+            warped = vmap(problem.warp)(pixels, shifts, flips)  # (G, k, C, H, W)
+            transformed = warped.reshape(-1, *problem.shape).clamp(0, 1).detach().cpu()
+            shifts, flips = shifts.detach().cpu(), flips.detach().cpu()
         best_cost = cost.gather(1, pick[:, None]).squeeze(1)
         start = self.initial.view(problem.groups, r).gather(1, pick[:, None]).squeeze(1)
         status = []
@@ -589,4 +676,7 @@ class _Best:
             seconds=seconds,
             done=done,
             config=config,
+            transformed=transformed,
+            shifts=shifts,
+            flips=flips,
         )

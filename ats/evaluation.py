@@ -47,6 +47,9 @@ def evaluate_reconstruction(recon: Reconstruction, update: SharedUpdate, origina
         order = pair_reconstructions(images, transformed)  # recon order[i] matches target i
         images, labels = images[order], labels[order]
     scores = image_scores(images, originals, transformed)
+    if recon.transformed is not None:  # a policy-aware attack: its own estimate of T(x) against T(x)
+        own = image_scores(recon.transformed, originals, transformed)
+        scores.update({k: own[k] for k in ("psnr_transformed", "ssim_transformed", "mse_transformed")})
     true = update.labels.detach().cpu()
     indices = list(indices) if indices is not None else list(range(images.shape[0]))
     results = []

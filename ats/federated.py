@@ -56,6 +56,7 @@ class SharedUpdate:
     defense: str
     loss: str
     transformed: Tensor  # (B, 3, H, W) evaluation only
+    crop_flip: bool = False  # whether a random crop and flip came before the policy
 
     def to(self, device: torch.device | str) -> SharedUpdate:
         """The same update with every tensor on `device`."""
@@ -216,6 +217,7 @@ def client_update(model: nn.Module, x: Tensor, y: Tensor, policy: Policy | Hybri
         defense=str(defense),
         loss=loss,
         transformed=transformed,
+        crop_flip=bool(crop_flip),
     )
 
 

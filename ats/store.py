@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 FORMAT = "ats-results"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MIGRATIONS = {  # version -> statements that bring the schema from version-1 to version
     1: (
         """CREATE TABLE scores (
@@ -38,6 +38,22 @@ _MIGRATIONS = {  # version -> statements that bring the schema from version-1 to
                seconds REAL NOT NULL,
                created TEXT NOT NULL,
                PRIMARY KEY (policy, definition, checkpoint, seed))""",
+    ),
+    2: (
+        """CREATE TABLE benchmark (
+               study TEXT NOT NULL,
+               policy TEXT NOT NULL,
+               defense TEXT NOT NULL,
+               attack TEXT NOT NULL,
+               checkpoint TEXT NOT NULL,
+               images INTEGER NOT NULL,
+               iterations INTEGER NOT NULL,
+               seed INTEGER NOT NULL,
+               summary TEXT NOT NULL,
+               per_image TEXT NOT NULL,
+               seconds REAL NOT NULL,
+               created TEXT NOT NULL,
+               PRIMARY KEY (study, policy, defense, attack, checkpoint, images, iterations, seed))""",
     ),
 }
 _COLUMNS = ("policy", "definition", "checkpoint", "seed", "privacy", "accuracy", "accuracy_normalized",
@@ -81,6 +97,33 @@ class ScoreRow:
         return {"policy": self.policy, "privacy": self.privacy, "accuracy": self.accuracy,
                 "accuracy_normalized": self.accuracy_normalized, "images": self.images,
                 "seconds": round(self.seconds, 3), "seed": self.seed, "checkpoint": self.checkpoint}
+
+
+@dataclass(frozen=True)
+class BenchmarkRow:
+    """One benchmark cell: a policy × defense × attack on one model, over `images` attacked images.
+
+    `summary` holds the aggregates (psnr_mean, psnr_original_mean, accuracy, …), `per_image` each
+    image's numbers; `study` says which part of the protocol it belongs to (table, aware, correlation).
+    """
+
+    study: str
+    policy: str
+    defense: str
+    attack: str
+    checkpoint: str
+    images: int
+    iterations: int
+    seed: int
+    summary: dict
+    per_image: tuple[dict, ...]
+    seconds: float
+    created: str = ""
+
+    @property
+    def key(self) -> tuple:
+        return (self.study, self.policy, self.defense, self.attack, self.checkpoint, self.images,
+                self.iterations, self.seed)
 
 
 @dataclass(frozen=True)
@@ -184,6 +227,25 @@ class Store:
                                  "AND seed = ?", (policy, definition, checkpoint, int(seed)))
         return found.fetchone() is not None
 
+    def put_benchmark(self, row: BenchmarkRow) -> None:
+        """Insert or replace `row` in one transaction: a finished cell is never lost or duplicated."""
+        created = row.created or time.strftime("%Y-%m-%dT%H:%M:%S")
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO benchmark VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (*row.key, json.dumps(row.summary, allow_nan=True),
+                              json.dumps(list(row.per_image), allow_nan=True), float(row.seconds), created))
+
+    def get_benchmark(self, key: tuple) -> BenchmarkRow | None:
+        """The row stored under `key` (see `BenchmarkRow.key`), or None."""
+        found = self._db.execute(
+            "SELECT * FROM benchmark WHERE study = ? AND policy = ? AND defense = ? AND attack = ? AND checkpoint = ? "
+            "AND images = ? AND iterations = ? AND seed = ?", key).fetchone()
+        return None if found is None else _benchmark_row(found)
+
+    def benchmark_rows(self) -> list[BenchmarkRow]:
+        """Every benchmark row, oldest first."""
+        return [_benchmark_row(r) for r in self._db.execute("SELECT * FROM benchmark ORDER BY created, rowid")]
+
     def groups(self) -> list[Group]:
         """Every (definition, checkpoint, seed) present, largest first (what `--show` lists)."""
         rows = self._db.execute("SELECT definition, checkpoint, seed, COUNT(*) FROM scores "
@@ -195,6 +257,13 @@ def _row(values: Sequence) -> ScoreRow:
     policy, definition, checkpoint, seed, privacy, accuracy, normalized, per_image, images, seconds, created = values
     return ScoreRow(policy, definition, checkpoint, int(seed), _float(privacy), _float(accuracy), _float(normalized),
                     tuple(_float(v) for v in json.loads(per_image)), int(images), float(seconds), created)
+
+
+def _benchmark_row(values: Sequence) -> BenchmarkRow:
+    *key, summary, per_image, seconds, created = values
+    study, policy, defense, attack, checkpoint, images, iterations, seed = key
+    return BenchmarkRow(study, policy, defense, attack, checkpoint, int(images), int(iterations), int(seed),
+                        json.loads(summary), tuple(json.loads(per_image)), float(seconds), created)
 
 
 def _prepare(db: sqlite3.Connection, path: Path) -> None:

@@ -1,0 +1,141 @@
+"""`ats benchmark`: train per policy, attack under every gradient defense, and tabulate (Gao et al., CVPR 2021, §5)."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from ats.cli import add_common, log, progress
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("benchmark", help="attack policies and gradient defenses and tabulate privacy vs accuracy",
+                       description="For each policy (a model trained with it) and each gradient defense (applied to "
+                                   "the shared gradient), attack the attack set and report PSNR against T(x) and x, "
+                                   "SSIM and test accuracy; also the policy-aware attacker and whether S_pri predicts "
+                                   "attack PSNR. Every finished cell is stored at once: rerun the same command to "
+                                   "resume.")
+    p.add_argument("--preset", default="laptop", choices=["smoke", "laptop", "paper"],
+                   help="scale of the protocol (default laptop, about 45 min on a 2-core CPU)")
+    p.add_argument("--policies", help="comma-separated policies (default: none and the paper's 3-1-7, 43-18-18, "
+                                      "3-1-7+43-18-18)")
+    p.add_argument("--defenses", help="comma-separated gradient defenses, e.g. none,prune-70,gauss-1e-3,lap-1e-2 "
+                                      "(default: the preset's)")
+    p.add_argument("--random", type=int, help="extra random policies in the table (default: the preset's)")
+    p.add_argument("--from-search", type=Path, metavar="DB",
+                   help="also benchmark the policies an `ats search` database selects (top 2 and their hybrid)")
+    p.add_argument("--images", type=int, help="attack-set images per cell (default: the preset's)")
+    p.add_argument("--iterations", type=int, help="attack iterations (default: the preset's)")
+    p.add_argument("--attack", default="ig", help="attack preset for the table (default ig)")
+    p.add_argument("--no-aware", action="store_true", help="skip the policy-aware attacker")
+    p.add_argument("--correlation", type=int, help="random policies for the S_pri–PSNR study (0 skips it)")
+    p.add_argument("--score-checkpoint", type=Path, help="tiny-data model for S_pri (default: the shipped one)")
+    p.add_argument("--db", type=Path, default=Path("results.db"), help="results database (default results.db)")
+    p.add_argument("--out", type=Path, default=Path("runs/benchmark"),
+                   help="folder for the trained models, benchmark.csv and the scatter plot (default runs/benchmark)")
+    p.add_argument("--report", type=Path, help="also write a Markdown reproduction report here")
+    add_common(p)
+
+
+def _split(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def benchmark_config(args):
+    """The preset's BenchmarkConfig with the command's overrides; bad values fail here, before any work."""
+    from ats import attacks, search
+    from ats.benchmark import BenchmarkConfig
+    from ats.store import Store
+
+    config = BenchmarkConfig.preset(args.preset)
+    attack = replace(attacks.AttackConfig.preset(args.attack), iterations=args.iterations or config.attack.iterations)
+    if args.iterations is not None and args.iterations < 1:
+        raise ValueError(f"--iterations {args.iterations} must be at least 1")
+    changes = {"attack": attack}
+    policies = _split(args.policies)
+    if args.from_search is not None:
+        if not args.from_search.is_file():
+            raise ValueError(f"--from-search {args.from_search} does not exist")
+        with Store.open(args.from_search) as store:
+            groups = store.groups()
+            if not groups:
+                raise ValueError(f"--from-search {args.from_search} holds no scores")
+            selection = search.select(store.get_scores(groups[0].definition, groups[0].checkpoint, groups[0].seed))
+        found = [r.policy for r in selection.top] + ([str(selection.hybrid)] if selection.hybrid else [])
+        base = policies or config.policies
+        policies = tuple(dict.fromkeys((*base, *found)))
+    if policies is not None:
+        changes["policies"] = policies
+    if args.defenses is not None:
+        changes["defenses"] = _split(args.defenses)
+    for name in ("random", "images", "correlation"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.no_aware:
+        changes["aware"] = False
+    return replace(config, **changes)
+
+
+def run(args) -> int:
+    from ats import benchmark
+    from ats.runtime import describe_device, pick_device
+    from ats.store import Store
+
+    config = benchmark_config(args)
+    device = pick_device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with Store.open(args.db) as store:
+        policies = config.table_policies(args.seed)
+        log(f"ats benchmark: preset {config.name}, policies {', '.join(policies)}; defenses "
+            f"{', '.join(config.defenses)}; {config.attack.name} × {config.attack.iterations} on {config.images} "
+            f"images; db {args.db}, models in {args.out / 'models'}; {describe_device(device)}")
+        bar = progress(1, unit="cell")
+
+        def report(event: benchmark.BenchmarkEvent) -> None:
+            bar.total = event.total
+            bar.n = event.done
+            bar.set_description(event.stage)
+            bar.set_postfix_str(event.message[-70:], refresh=False)
+            bar.refresh()
+            if event.row is not None and not event.skipped:
+                bar.write(f"  {event.message}", file=sys.stderr)
+
+        result = benchmark.run_benchmark(config, store=store, workdir=args.out, seed=args.seed, device=device,
+                                         score_checkpoint=args.score_checkpoint, callback=report)
+        bar.close()
+    csv_path = benchmark.write_csv(result, args.out / "benchmark.csv")
+    scatter = benchmark.save_scatter(result, (args.report.parent if args.report else args.out) / "correlation.png")
+    if args.report:
+        command = "ats " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("ats") else \
+            f"ats benchmark --preset {config.name} --report {args.report}"
+        benchmark.write_report(result, args.report, command=command, device=describe_device(device), scatter=scatter)
+    document = {"preset": config.name, "db": str(args.db), "csv": str(csv_path), "report": str(args.report or ""),
+                "cells": len(result.rows), "computed": result.computed, "seconds": round(result.seconds, 1),
+                "correlation": result.correlation, "checkpoints": result.checkpoints, "rows": result.table()}
+    if args.json:
+        print(json.dumps(_finite(document)))
+    else:
+        print(benchmark.markdown_table(result))
+        if config.aware:
+            print()
+            print(benchmark.markdown_aware(result))
+        if result.correlation:
+            print()
+            print(benchmark.markdown_correlation(result))
+        print(f"\n{result.computed} of {len(result.rows)} cells computed in {result.seconds:.0f} s; table in {csv_path}"
+              + (f", report in {args.report}" if args.report else ""))
+    return 0
+
+
+def _finite(value):
+    """NaN -> None, recursively, so that --json prints valid JSON."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
