@@ -1,21 +1,26 @@
-"""Benchmark: attack PSNR and model accuracy per policy and gradient defense, from a benchmark CSV."""
+"""Benchmark: attack PSNR and model accuracy per policy and gradient defense, from `ats benchmark` or run here."""
 from __future__ import annotations
 
+import io
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from ats import ui
+from ats import benchmark, ui
+from ats.federated import DEFENSES
+from ats.runtime import pick_device
+from ats.store import Store
 
-DEFAULT_FILES = (Path("benchmark.csv"), Path("results") / "benchmark.csv")
+DEFAULT_FILES = (Path("benchmark.csv"), Path("runs") / "benchmark" / "benchmark.csv",
+                 Path("results") / "benchmark.csv")
+APP_RUN = Path("runs") / "app-benchmark"  # where a benchmark run from this page goes
 
 
 @st.cache_data
 def read_table(content: bytes) -> pd.DataFrame:
-    import io
-
     try:
         table = pd.read_csv(io.BytesIO(content))
     except (ValueError, UnicodeDecodeError) as error:  # pandas' ParserError is a ValueError
@@ -24,16 +29,57 @@ def read_table(content: bytes) -> pd.DataFrame:
     return table
 
 
+def run_here() -> None:
+    """A small benchmark with smoke-trained models, run in this page with a progress bar."""
+    with st.form("benchmark_run"):
+        st.markdown("Models are trained for seconds (the smoke recipe: 200 images, 2 epochs), so the numbers only "
+                    "show the protocol at work. For real numbers run `ats benchmark --preset laptop` (about 45 min on "
+                    "a 2-core CPU) or `--preset paper` on a GPU.")
+        left, right = st.columns(2)
+        policies = left.text_input("Policies, comma-separated", "none,3-1-7")
+        defenses = left.multiselect("Gradient defenses", DEFENSES, default=["none", "prune-70"])
+        images = right.slider("Attack-set images", 1, 8, 2)
+        iterations = right.slider("Attack iterations", 2, 200, 20)
+        aware = right.checkbox("Also the policy-aware attacker", value=True)
+        submitted = st.form_submit_button("Run benchmark", type="primary")
+    if not submitted:
+        return
+    try:
+        config = benchmark.BenchmarkConfig.smoke()
+        config = replace(config, policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
+                         defenses=tuple(defenses), images=images, aware=aware, correlation=0,
+                         attack=replace(config.attack, iterations=iterations))
+    except ValueError as error:
+        st.error(str(error))
+        return
+    APP_RUN.mkdir(parents=True, exist_ok=True)
+    bar = st.progress(0.0, text="starting")
+    try:
+        with Store.open(APP_RUN / "results.db") as store:
+            result = benchmark.run_benchmark(
+                config, store=store, workdir=APP_RUN, device=pick_device(),
+                callback=lambda e: bar.progress(min(1.0, e.done / max(1, e.total)), text=e.message[:120]))
+    except ValueError as error:  # no CIFAR-100 copy, a foreign model file, …
+        st.error(str(error))
+        return
+    benchmark.write_csv(result, APP_RUN / "benchmark.csv")
+    bar.progress(1.0, text=f"{result.computed} cells computed, {len(result.rows) - result.computed} reused, "
+                           f"{result.seconds:.0f} s")
+    st.session_state["benchmark_file"] = str(APP_RUN / "benchmark.csv")
+
+
 st.title("Benchmark")
 st.markdown("How well each policy and gradient defense protects against the attack (PSNR of the reconstruction; "
             "**lower is more private**) and what it costs in accuracy, over the attack set (CIFAR-100 test images "
-            "0–99). Columns: " + ", ".join(f"`{c}`" for c in ui.BENCHMARK_COLUMNS) + ".")
-upload = st.file_uploader("A benchmark table (.csv)", type=None)
-present = next((p for p in DEFAULT_FILES if p.is_file()), None)
+            "0–99). `ats benchmark` writes this table; the paper's numbers stand beside ours where they exist.")
+with st.expander("Run a small benchmark here"):
+    run_here()
+upload = st.file_uploader("A benchmark table (.csv) with the columns " + ", ".join(ui.BENCHMARK_COLUMNS), type=None)
+candidates = [Path(st.session_state["benchmark_file"])] if "benchmark_file" in st.session_state else []
+present = next((p for p in (*candidates, *DEFAULT_FILES) if p.is_file()), None)
 if upload is None and present is None:
-    st.info("**Not computed yet.** The `ats benchmark` command is not available yet; when it is, its CSV "
-            f"(written to {' or '.join(f'`{p}`' for p in DEFAULT_FILES)}) shows here. You can also upload a CSV "
-            "with the columns above.")
+    st.info("**Not computed yet.** Run `ats benchmark` (its CSV goes to "
+            f"{' or '.join(f'`{p}`' for p in DEFAULT_FILES)}), run a small one above, or upload a CSV.")
     st.stop()
 name = upload.name if upload is not None else str(present)
 try:
@@ -42,14 +88,27 @@ except ValueError as error:
     st.error(f"{name}: {error}")
     st.stop()
 st.caption(f"From {name}: {len(table)} rows.")
-st.dataframe(table, hide_index=True, width="stretch")
+studies = table["study"] if "study" in table else pd.Series(["table"] * len(table))
+main = table[studies == "table"]
+st.dataframe(main, hide_index=True, width="stretch")
 left, right = st.columns(2)
-bars = px.bar(table, x="policy", y="psnr_mean", error_y="psnr_std", color="defense", barmode="group",
-              title="PSNR of the reconstruction vs T(x) (↓ more private)",
-              labels={"psnr_mean": "PSNR (dB)"})
+bars = px.bar(main, x="policy", y="psnr_mean", error_y="psnr_std", color="defense", barmode="group",
+              title="PSNR of the reconstruction vs T(x) (↓ more private)", labels={"psnr_mean": "PSNR (dB)"})
 left.plotly_chart(bars, width="stretch")
-trade = px.scatter(table, x="psnr_mean", y="accuracy", color="defense", text="policy",
+trade = px.scatter(main, x="psnr_mean", y="accuracy", color="defense", text="policy",
                    title="Privacy against accuracy", labels={"psnr_mean": "PSNR (dB, ← more private)",
                                                              "accuracy": "test accuracy"})
 trade.update_traces(textposition="top center")
 right.plotly_chart(trade, width="stretch")
+if (studies == "aware").any():
+    st.subheader("An attacker who knows the policy")
+    plain = main[main["defense"] == "none"].set_index("policy")["psnr_original_mean"]
+    aware = table[studies == "aware"].set_index("policy")["psnr_original_mean"]
+    st.dataframe(pd.DataFrame({"IG: PSNR vs x": plain.reindex(aware.index), "aware: PSNR vs x": aware}),
+                 width="stretch")
+if (studies == "correlation").any() and "privacy" in table:
+    st.subheader("Does S_pri predict attack PSNR?")
+    points = table[studies == "correlation"]
+    st.plotly_chart(px.scatter(points, x="privacy", y="psnr_mean", text="policy",
+                               labels={"privacy": "S_pri (← more private)", "psnr_mean": "PSNR vs T(x) (dB)"}),
+                    width="stretch")

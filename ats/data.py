@@ -405,3 +405,19 @@ def load_samples() -> ImageSet:
     images = torch.stack([(load_image(f, IMAGE_SIZE) * 255).round().byte() for f in files])
     labels = torch.tensor([CIFAR100_CLASSES.index(names[f.stem]) for f in files])
     return ImageSet(images, labels, CIFAR100_CLASSES, "samples", "test")
+
+
+def attack_images(n: int, *, root: str | Path | None = None, fallback: bool = True) -> ImageSet:
+    """The attack set's first `n` CIFAR-100 test images (§5.3), or, when no CIFAR-100 copy is found
+    and `fallback`, the first `n` bundled sample photos (a note goes to stderr)."""
+    try:
+        return load_dataset("cifar100", "test", root=root).subset(ATTACK_SET[:n])
+    except DataNotFoundError as error:
+        if not fallback:
+            raise
+        import sys
+
+        print(f"note: {str(error).splitlines()[0]}\nnote: using the bundled sample photos instead",
+              file=sys.stderr)
+        samples = load_samples()
+        return samples.subset(range(min(n, len(samples))))

@@ -53,3 +53,14 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cpu":
         return f"cpu ({torch.get_num_threads()} threads)"
     return device.type
+
+
+PRESETS = ("smoke", "laptop", "paper")
+
+
+def preset_name(default: str = "laptop") -> str:
+    """The budget scale notebooks and scripts run at: `$ATS_PRESET` (smoke in CI), else `default`."""
+    name = os.environ.get("ATS_PRESET", default).strip() or default
+    if name not in PRESETS:
+        raise ValueError(f"ATS_PRESET={name!r} is not one of {', '.join(PRESETS)}")
+    return name

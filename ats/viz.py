@@ -34,3 +34,27 @@ def save_grid(path: str | Path, rows: list[Tensor], *, scale: int = 3) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(image_grid(rows, scale=scale), path)
     return path
+
+
+def show_grid(rows: list[Tensor], *, labels: list[str] | None = None, title: str | None = None,
+              scale: int = 3, ax=None):
+    """Draw `image_grid(rows)` with matplotlib (in a notebook), one label per row on the left."""
+    import matplotlib.pyplot as plt
+
+    grid = image_grid(rows, scale=scale)
+    if ax is None:
+        width = grid.shape[2] / 100 + (1.2 if labels else 0)
+        _, ax = plt.subplots(figsize=(max(3, width), max(1.5, grid.shape[1] / 100)), dpi=100)
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    if labels:
+        step = grid.shape[1] / len(rows)
+        ax.set_yticks([step * (i + 0.5) for i in range(len(rows))], labels)
+        ax.tick_params(length=0)
+    else:
+        ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if title:
+        ax.set_title(title)
+    return ax

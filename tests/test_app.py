@@ -183,6 +183,25 @@ def test_benchmark_page_without_and_with_a_table(tmp_path, monkeypatch):
     assert "lacks the columns defense" in at.error[0].value
 
 
+def test_benchmark_page_runs_a_small_benchmark_and_shows_it(tmp_path, monkeypatch, data_dir):
+    monkeypatch.chdir(tmp_path)
+    at = page("benchmark").run()
+    widget(at.text_input, "Policies").set_value("none,3-1-7")
+    widget(at.slider, "Attack iterations").set_value(2)
+    widget(at.slider, "Attack-set images").set_value(1)
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    assert (tmp_path / "runs" / "app-benchmark" / "benchmark.csv").is_file()
+    shown = at.dataframe[0].value
+    assert list(zip(shown["policy"], shown["defense"])) == [("none", "none"), ("none", "prune-70"),
+                                                             ("3-1-7", "none"), ("3-1-7", "prune-70")]
+    assert any("knows the policy" in h.value for h in at.subheader)
+    widget(at.text_input, "Policies").set_value("3--1")
+    at.button[0].click().run()
+    assert "3--1" in at.error[0].value  # a malformed policy: an inline message, the table stays
+    assert len(at.dataframe) >= 1
+
+
 def test_about_page_explains_and_cites():
     at = page("about").run()
     assert not at.exception

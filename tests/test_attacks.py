@@ -144,3 +144,51 @@ def test_runs_on_every_device(device, cifar_batch):
     result = reconstruct(model, update, replace(AttackConfig.ig(), iterations=3),
                          generator=torch.Generator(device=device).manual_seed(0))
     assert result.images.device.type == "cpu" and result.status == ("ok",)
+
+
+# --- the policy-aware attacker ---------------------------------------------------------------------
+
+def test_shift_hypotheses_follow_the_policy_and_the_crop():
+    reach, starts, flips = attacks.shift_hypotheses("3-1-7", True, 4)
+    x, y = 150 / 331 * 32, 150 / 331 * 2 / 9 * 32  # translateX level 9, translateY level 2
+    assert reach.tolist() == pytest.approx([x + 4, y + 4], abs=1e-4)
+    assert torch.allclose(starts, torch.tensor([[x, y], [x, y], [-x, y], [-x, y]]), atol=1e-4)
+    assert flips.tolist() == [False, True, False, True]
+    reach, starts, flips = attacks.shift_hypotheses("none", False, 2)
+    assert reach.tolist() == [0, 0] and starts.abs().sum() == 0 and not flips.any()
+    hybrid_reach = attacks.shift_hypotheses("3-1-7+43-18-18", True, 1)[0]
+    assert (hybrid_reach >= attacks.shift_hypotheses("3-1-7", True, 1)[0]).all()
+    assert (hybrid_reach >= attacks.shift_hypotheses("43-18-18", True, 1)[0]).all()
+    assert AttackConfig.preset("aware").aware and AttackConfig.preset("aware").restarts == 4
+    with pytest.raises(ValueError, match="joint"):
+        AttackConfig(aware=True, labels="joint")
+
+
+def test_aware_warp_is_a_black_filled_shift_and_flip(resnet, cifar_batch):
+    x = cifar_batch[0][:2]
+    update = client_update(resnet, x, cifar_batch[1][:2], "3", generator=torch.Generator().manual_seed(0),
+                           per_example=True)
+    problem = attacks._Problem.build(resnet, update, AttackConfig.aware_ig(), joint=False)
+    shifted = problem.warp(x, torch.tensor([3.0, -2.0]), torch.tensor(False))
+    expected = torch.zeros_like(x)
+    expected[..., :30, 3:] = x[..., 2:, :-3]  # right by 3, up by 2
+    assert torch.allclose(shifted, expected, atol=1e-5)
+    flipped = problem.warp(x, torch.zeros(2), torch.tensor(True))
+    assert torch.allclose(flipped, x.flip(-1), atol=1e-6)
+
+
+def test_aware_attack_learns_a_bounded_shift_and_scores_its_own_transform(resnet, cifar_batch):
+    from ats.evaluation import evaluate_reconstruction
+
+    x, y = cifar_batch[0][:2], cifar_batch[1][:2]
+    update = client_update(resnet, x, y, "3-1-7", generator=torch.Generator().manual_seed(0), per_example=True)
+    config = replace(AttackConfig.aware_ig(), iterations=3)
+    recon = reconstruct(resnet, update, config, generator=torch.Generator().manual_seed(1))
+    reach = attacks.shift_hypotheses("3-1-7", True, 1)[0]
+    assert recon.shifts.shape == (2, 2) and bool((recon.shifts.abs() <= reach + 1e-5).all())
+    assert recon.flips.shape == (2,) and recon.transformed.shape == recon.images.shape
+    assert recon.shifts.abs()[:, 0].min() > 10  # started from the policy's ±14.5 px, not from 0
+    results = evaluate_reconstruction(recon, update, x)
+    assert results[0].psnr == pytest.approx(float(psnr(recon.images[:1], x[:1])), abs=1e-4)
+    assert results[0].psnr_transformed == pytest.approx(float(psnr(recon.transformed[:1], update.transformed[:1])),
+                                                        abs=1e-4)

@@ -1,0 +1,117 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 1. Gradients leak images
+#
+# **Question:** a client in federated learning shares only the gradient of its loss on a private
+# image. How much of the image does that gradient give away?
+#
+# We play the server. The client computes ∇θ loss(f(x), y) on its image x and sends it; we know the
+# model f and search for an image whose gradient matches. This is *Deep Leakage from Gradients*
+# (DLG, Zhu et al., NeurIPS 2019) and its improved label trick *iDLG* (Zhao et al., 2020), on the
+# small LeNet with sigmoids that DLG attacked.
+#
+# Everything here is a call into `ats`; the budgets follow `$ATS_PRESET` (`smoke` in CI, `laptop` by default).
+
+# %%
+from dataclasses import replace
+
+import matplotlib.pyplot as plt
+import torch
+
+from ats import attacks, data, federated, models, viz
+from ats.evaluation import evaluate_reconstruction, summarize
+from ats.runtime import describe_device, make_generator, pick_device, preset_name
+
+PRESET = preset_name()
+ITERATIONS = {"smoke": 2, "laptop": 300, "paper": 300}[PRESET]  # L-BFGS iterations (each up to 20 evaluations)
+IMAGES = {"smoke": 2, "laptop": 5, "paper": 5}[PRESET]
+device = pick_device()
+print(f"preset {PRESET}: {IMAGES} images, {ITERATIONS} iterations, on {describe_device(device)}")
+
+# %% [markdown]
+# ## The private images and the client's update
+# The first images of the CIFAR-100 attack set (test images 0, 1, …); without a local copy the
+# bundled sample photos stand in. The model is DLG's LeNet, untrained: weights uniform in ±0.5.
+
+# %%
+images = data.attack_images(IMAGES)
+x, y = images.batch(range(len(images)), device)
+model = models.build_model("lenet", 100, seed=0).to(device).eval()
+update = federated.client_update(model, x, y, per_example=True)  # one gradient per image, as if each were a client
+print(models.describe_model(model))
+print("shared tensors:", [tuple(g.shape[1:]) for g in update.gradients])
+viz.show_grid([x.cpu()], labels=["private x"], title=", ".join(images.classes[int(c)] for c in y));
+
+# %% [markdown]
+# ## Label inference: the gradient names the class
+# With one image, the gradient of the last layer's bias is softmax(f(x)) − onehot(y): negative only at
+# the true class. iDLG reads the label straight off it, before any optimization.
+
+# %%
+inferred = federated.infer_labels(update, model)
+for true, guess in zip(y.tolist(), inferred.tolist()):
+    print(f"true {images.classes[true]:>12}   inferred {images.classes[guess]:>12}   {'✓' if true == guess else '✗'}")
+bias_gradient = update.gradients[-1][0].cpu()
+plt.figure(figsize=(8, 2))
+plt.bar(range(100), bias_gradient)
+plt.axvline(int(y[0]), color="red", ls="--", label="true class")
+plt.title("image 0: gradient of the last bias, per class"); plt.legend(); plt.show()
+
+# %% [markdown]
+# ## iDLG: L-BFGS on the L2 gradient distance, label read off the gradient
+
+# %%
+idlg = replace(attacks.AttackConfig.idlg(), iterations=ITERATIONS)
+recon = attacks.reconstruct(model, update, idlg, generator=make_generator(1, device))
+results = evaluate_reconstruction(recon, update, x)
+print(summarize(results))
+print(f"{recon.seconds:.1f} s; per-image PSNR:", [round(r.psnr, 1) for r in results])
+viz.show_grid([x.cpu(), recon.images], labels=["private x", "iDLG"]);
+
+# %% [markdown]
+# ## DLG: the label is optimized jointly with the image
+# DLG does not know the label; it optimizes soft label logits alongside the pixels.
+
+# %%
+dlg = replace(attacks.AttackConfig.dlg(), iterations=ITERATIONS)
+recon_dlg = attacks.reconstruct(model, update, dlg, generator=make_generator(1, device))
+results_dlg = evaluate_reconstruction(recon_dlg, update, x)
+print(summarize(results_dlg))
+print("labels recovered:", [r.label_recovered for r in results_dlg])
+viz.show_grid([x.cpu(), recon.images, recon_dlg.images], labels=["private x", "iDLG", "DLG"]);
+
+# %% [markdown]
+# ## Why the untrained LeNet is the easy case
+# LeNet is small and smooth (sigmoids, no pooling, no batch norm) and its huge random weights make
+# every pixel matter to the gradient. The same iDLG budget on an untrained ResNet20 (ReLUs, batch
+# norm, global pooling) recovers far less; real attacks on deep models need the cosine cost, signed
+# Adam steps and an image prior (notebook 2). We run ResNet20 on one image with a tenth of the budget.
+
+# %%
+resnet = models.build_model("resnet20", 100, seed=0).to(device).eval()
+update_r = federated.client_update(resnet, x[:1], y[:1], per_example=True)
+short = replace(idlg, iterations=max(1, ITERATIONS // 10))
+recon_r = attacks.reconstruct(resnet, update_r, short, generator=make_generator(1, device))
+lenet_short = attacks.reconstruct(model, federated.client_update(model, x[:1], y[:1], per_example=True), short,
+                                  generator=make_generator(1, device))
+for name, r, u in (("LeNet", lenet_short, None), ("ResNet20", recon_r, update_r)):
+    res = evaluate_reconstruction(r, u or federated.client_update(model, x[:1], y[:1], per_example=True), x[:1])[0]
+    print(f"{name:>8}: PSNR {res.psnr:5.1f} dB after {short.iterations} iterations, {r.seconds:.1f} s")
+viz.show_grid([x[:1].cpu(), lenet_short.images, recon_r.images], labels=["x", "LeNet", "ResNet20"]);
+
+# %% [markdown]
+# **Take-away.** A single image's gradient on an untrained LeNet gives the image back almost exactly,
+# and its label for free. The rest of this course asks how to make that harder (notebook 3) and how
+# to measure it honestly (notebook 6).

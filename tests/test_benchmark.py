@@ -1,0 +1,190 @@
+"""The benchmark protocol at the smoke preset: one cell per policy × defense, defended gradients,
+resuming without recomputing, the policy-aware attacker, the correlation study and `ats benchmark`."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from ats import attacks, benchmark, models
+from ats.benchmark import BenchmarkConfig, run_benchmark
+from ats.store import Store
+
+pytestmark = pytest.mark.slow
+SMOKE = BenchmarkConfig.smoke()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, data_dir):
+    """One full smoke benchmark, recording every update the attacker was given."""
+    folder = tmp_path_factory.mktemp("bench")
+    seen = []
+    original = attacks.reconstruct
+
+    def spy(model, update, config=None, **kwargs):
+        seen.append((update.policy, update.defense, config.name, update.gradients))
+        return original(model, update, config, **kwargs)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(benchmark.attacks, "reconstruct", spy)
+    try:
+        with Store.open(folder / "bench.db") as store:
+            result = run_benchmark(SMOKE, store=store, workdir=folder, data_root=data_dir)
+    finally:
+        mp.undo()
+    return folder, result, seen
+
+
+def test_one_row_per_policy_and_defense_plus_aware_and_correlation(smoke_run):
+    folder, result, _ = smoke_run
+    table = [r for r in result.rows if r.study == "table"]
+    assert [(r.policy, r.defense) for r in table] == [(p, d) for p in SMOKE.policies for d in SMOKE.defenses]
+    assert [r.policy for r in result.rows if r.study == "aware"] == ["3-1-7"]
+    assert len([r for r in result.rows if r.study == "correlation"]) == SMOKE.correlation
+    assert result.computed == len(result.rows) == 4 + 1 + 3
+    for r in table:
+        s = r.summary
+        assert math.isfinite(s["psnr_mean"]) and math.isfinite(s["psnr_original_mean"]) and s["failed"] == 0
+        assert 0 <= s["accuracy"] <= 1 and r.images == SMOKE.images and r.iterations == SMOKE.attack.iterations
+        assert len(r.per_image) == SMOKE.images
+    # without a policy the client sends x itself: PSNR against T(x) and x coincide; with one they differ
+    none = next(r for r in table if r.policy == "none" and r.defense == "none").summary
+    assert none["psnr_mean"] == pytest.approx(none["psnr_original_mean"])
+    policy = next(r for r in table if r.policy == "3-1-7" and r.defense == "none").summary
+    assert policy["psnr_mean"] != pytest.approx(policy["psnr_original_mean"], abs=1e-3)
+    # every policy got its own model, trained with that policy
+    for name, path in result.checkpoints.items():
+        assert models.load_checkpoint(path)[1].policy == name
+    corr = result.correlation["vs_transformed"]
+    assert corr["n"] == 3 and -1 <= corr["pearson"] <= 1
+    assert all(math.isfinite(r.summary["privacy"]) for r in result.rows if r.study == "correlation")
+
+
+def test_defended_rows_attack_the_defended_gradients(smoke_run):
+    _, _, seen = smoke_run
+    by_cell = {(policy, defense, name): grads for policy, defense, name, grads in seen}
+    for policy in SMOKE.policies:
+        plain, pruned = by_cell[(policy, "none", "ig")], by_cell[(policy, "prune-70", "ig")]
+        for g, p in zip(plain, pruned):
+            per_image = p.reshape(p.shape[0], -1)
+            zeros = (per_image == 0).sum(dim=1)
+            floor = math.floor(0.7 * per_image.shape[1])  # the original zeroes ⌊p %·numel⌋ entries per tensor
+            assert bool((zeros >= floor).all()), "prune-70 must zero 70 % of each tensor of each image's gradient"
+            kept = per_image != 0
+            assert torch.equal(per_image[kept], g.reshape(g.shape[0], -1)[kept])  # the rest untouched
+    assert {d for _, d, _, _ in seen} == set(SMOKE.defenses)
+    assert any(name == "aware" for _, _, name, _ in seen)
+
+
+def test_outputs_csv_markdown_scatter_and_report(smoke_run, tmp_path):
+    folder, result, _ = smoke_run
+    path = benchmark.write_csv(result, tmp_path / "b.csv")
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == len(result.rows)
+    from ats import ui
+
+    ui.check_benchmark_columns(rows[0].keys())  # the app's benchmark page reads this file
+    table = benchmark.markdown_table(result)
+    assert table.count("\n") == 1 + 4 and "13.88" in table  # header, rule, 4 cells; the paper's none PSNR
+    assert "3-1-7" in benchmark.markdown_aware(result)
+    scatter = benchmark.save_scatter(result, tmp_path / "c.png")
+    assert scatter.stat().st_size > 1000
+    report = benchmark.write_report(result, tmp_path / "r.md", command="ats benchmark --preset smoke", device="cpu",
+                                    scatter=scatter).read_text()
+    for needle in ("Tables 1 and 3", "policy-aware", "Pearson", "--preset paper", "c.png"):
+        assert needle in report
+
+
+def test_interrupted_benchmark_resumes_without_recomputing_or_losing_rows(tmp_path, data_dir):
+    config = replace(SMOKE, correlation=0)
+    db = tmp_path / "b.db"
+    computed = []
+
+    def stop_after_two(event):
+        if event.row is not None and not event.skipped:
+            computed.append(event.row.key)
+            if len(computed) == 2:
+                raise KeyboardInterrupt
+
+    with Store.open(db) as store, pytest.raises(KeyboardInterrupt):
+        run_benchmark(config, store=store, workdir=tmp_path, data_root=data_dir, callback=stop_after_two)
+    with Store.open(db) as store:
+        before = {r.key: r for r in store.benchmark_rows()}
+    assert set(before) == set(computed)
+    with Store.open(db) as store:
+        result = run_benchmark(config, store=store, workdir=tmp_path, data_root=data_dir)
+        after = store.benchmark_rows()
+    assert result.computed == len(result.rows) - 2 == 3
+    assert len(after) == len({r.key for r in after}) == 5  # nothing duplicated
+    for key, row in before.items():  # finished rows were reused as they were, not recomputed
+        again = next(r for r in after if r.key == key)
+        assert again.created == row.created and again.summary == row.summary
+
+
+def test_an_existing_model_of_another_policy_is_refused(tmp_path, data_dir):
+    config = replace(SMOKE, policies=("none",), defenses=("none",), aware=False, correlation=0)
+    with Store.open(tmp_path / "b.db") as store:
+        result = run_benchmark(config, store=store, workdir=tmp_path, data_root=data_dir)
+    path = result.checkpoints["none"]
+    other = path.replace("-none-", "-3-1-7-")
+    os.rename(path, other)
+    config = replace(config, policies=("3-1-7",))
+    with Store.open(tmp_path / "b.db") as store, pytest.raises(ValueError, match="policy 'none'"):
+        run_benchmark(config, store=store, workdir=tmp_path, data_root=data_dir)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"policies": ("3--1",)}, "3--1"), ({"defenses": ("prune-101",)}, "prune"), ({"images": 0}, "images"),
+    ({"correlation": 2}, "at least 3"), ({"policies": ()}, "at least one policy"),
+])
+def test_bad_configs_fail_before_any_work(change, message):
+    with pytest.raises(ValueError, match=message):
+        replace(SMOKE, **change)
+
+
+def test_random_policies_are_seeded_and_new():
+    config = replace(SMOKE, random=3)
+    policies = config.table_policies(seed=0)
+    assert policies[:2] == ("none", "3-1-7") and len(set(policies)) == 5
+    assert config.table_policies(seed=0) == policies and config.table_policies(seed=1) != policies
+
+
+def test_correlation_is_pearson_and_spearman_and_drops_nan():
+    c = benchmark.correlation([1, 2, 3, 4, math.nan], [2, 4, 6, 9, 1])
+    assert c["n"] == 4 and c["pearson"] == pytest.approx(0.99438, abs=1e-4) and c["spearman"] == pytest.approx(1.0)
+    assert math.isnan(benchmark.correlation([1, 2], [1, 2])["pearson"])
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+def _ats(*args, data_dir, cwd):
+    env = {**os.environ, "ATS_DATA_DIR": str(data_dir)}
+    return subprocess.run([sys.executable, "-m", "ats.cli", "benchmark", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_ats_benchmark_smoke_json_and_resume(tmp_path, data_dir):
+    args = ("--preset", "smoke", "--db", "b.db", "--out", "out", "--correlation", "0", "--json")
+    first = _ats(*args, data_dir=data_dir, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    document = json.loads(first.stdout)
+    assert document["cells"] == 5 and document["computed"] == 5
+    assert len(list(csv.DictReader((tmp_path / "out" / "benchmark.csv").open()))) == 5
+    second = _ats(*args, data_dir=data_dir, cwd=tmp_path)
+    assert second.returncode == 0 and json.loads(second.stdout)["computed"] == 0
+
+
+@pytest.mark.parametrize("bad, message", [
+    (("--policies", "none,3--1"), "3--1"), (("--defenses", "gauss-x"), "gauss"), (("--attack", "nope"), "nope"),
+])
+def test_ats_benchmark_bad_input_exits_2_with_one_line(tmp_path, data_dir, bad, message):
+    out = _ats("--preset", "smoke", "--db", "b.db", *bad, data_dir=data_dir, cwd=tmp_path)
+    assert out.returncode == 2 and message in out.stderr and out.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "b.db").exists() or Store.open(tmp_path / "b.db").benchmark_rows() == []
