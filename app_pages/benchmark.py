@@ -14,8 +14,7 @@ from ats.federated import DEFENSES
 from ats.runtime import pick_device
 from ats.store import Store
 
-DEFAULT_FILES = (Path("benchmark.csv"), Path("runs") / "benchmark" / "benchmark.csv",
-                 Path("results") / "benchmark.csv")
+DEFAULT_FILES = (Path("benchmark.csv"), Path("runs") / "*" / "benchmark.csv")  # where `ats benchmark --out` writes
 APP_RUN = Path("runs") / "app-benchmark"  # where a benchmark run from this page goes
 
 
@@ -75,8 +74,11 @@ st.markdown("How well each policy and gradient defense protects against the atta
 with st.expander("Run a small benchmark here"):
     run_here()
 upload = st.file_uploader("A benchmark table (.csv) with the columns " + ", ".join(ui.BENCHMARK_COLUMNS), type=None)
-candidates = [Path(st.session_state["benchmark_file"])] if "benchmark_file" in st.session_state else []
-present = next((p for p in (*candidates, *DEFAULT_FILES) if p.is_file()), None)
+found = [Path(st.session_state["benchmark_file"])] if "benchmark_file" in st.session_state else []
+found += sorted((p for pattern in DEFAULT_FILES for p in Path().glob(str(pattern))), key=lambda p: -p.stat().st_mtime)
+found = [p for p in dict.fromkeys(found) if p.is_file()]
+present = st.selectbox("Benchmark table", found, format_func=str) if upload is None and len(found) > 1 else \
+    (found[0] if found else None)
 if upload is None and present is None:
     st.info("**Not computed yet.** Run `ats benchmark` (its CSV goes to "
             f"{' or '.join(f'`{p}`' for p in DEFAULT_FILES)}), run a small one above, or upload a CSV.")

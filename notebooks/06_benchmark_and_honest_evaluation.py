@@ -48,7 +48,7 @@ print(f"preset {PRESET}: policies {config.table_policies(0)}, defenses {config.d
 # %%
 with Store.open(db) as store:
     result = benchmark.run_benchmark(config, store=store, workdir=root, device=pick_device(),
-                                     callback=lambda e: print(e.message) if e.row is not None else None)
+                                     callback=lambda e: print(e.message) if e.row is not None and not e.skipped else None)
 print(f"{result.computed} cells computed now, {len(result.rows) - result.computed} read back, {result.seconds:.0f} s")
 
 # %% [markdown]
