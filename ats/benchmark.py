@@ -39,7 +39,7 @@ from ats.evaluation import evaluate_reconstruction, summarize
 from ats.federated import client_update, parse_defense
 from ats.policy import parse_policy
 from ats.runtime import make_generator
-from ats.scores import ScoreConfig, privacy_indices, privacy_score
+from ats.scores import ScoreConfig, default_score_checkpoint, privacy_indices, privacy_score
 from ats.store import BenchmarkRow, Store
 from ats.train import TrainRecipe, train
 
@@ -270,12 +270,16 @@ def run_benchmark(config: BenchmarkConfig, *, store: Store, workdir: str | Path,
         return loaded[policy], models.checkpoint_hash(checkpoints[policy])
 
     privacy_model = None
+    score_path = Path(score_checkpoint) if score_checkpoint is not None else default_score_checkpoint()
+    # a correlation cell's S_pri depends on the S_pri model and definition too: both go into its key
+    score_key = f"{models.checkpoint_hash(score_path)}:{config.score.definition()}" if random_policies else ""
     for study, policy, defense in cells:
         model_policy = "none" if study == "correlation" else policy
         model, digest = victim(model_policy)
         attack = attacks.AttackConfig.aware_ig() if study == "aware" else config.attack
         attack = replace(attack, iterations=config.attack.iterations)
-        key = (study, policy, defense, attack.name, digest, config.images, attack.iterations, seed)
+        model_key = f"{digest}|S_pri {score_key}" if study == "correlation" else digest
+        key = (study, policy, defense, attack.name, model_key, config.images, attack.iterations, seed)
         stored = store.get_benchmark(key)
         if stored is not None:
             rows.append(stored)
@@ -288,13 +292,13 @@ def run_benchmark(config: BenchmarkConfig, *, store: Store, workdir: str | Path,
         privacy = None
         if study == "correlation":
             if privacy_model is None:
-                privacy_model = _score_model(score_checkpoint, device)
+                privacy_model = models.load_checkpoint(score_path, device=device)[0].eval()
             px, py = test.batch(privacy_indices(test, config.score), device)
             privacy = privacy_score(privacy_model, policy, px, py, generator=make_generator(seed, device),
                                     config=config.score).value
         results, _ = attack_cell(model, x, y, policy=policy, defense=defense, config=attack, seed=seed,
                                  indices=indices)
-        row = BenchmarkRow(study, policy, defense, attack.name, digest, config.images, attack.iterations, seed,
+        row = BenchmarkRow(study, policy, defense, attack.name, model_key, config.images, attack.iterations, seed,
                            cell_summary(results, accuracies[model_policy], privacy),
                            tuple(r.to_dict() for r in results), time.perf_counter() - cell_started)
         store.put_benchmark(row)
@@ -311,13 +315,6 @@ def run_benchmark(config: BenchmarkConfig, *, store: Store, workdir: str | Path,
                  "vs_original": correlation(privacy, [r.summary["psnr_original_mean"] for r in pts])}
     return BenchmarkResult(config, tuple(rows), computed, time.perf_counter() - started, study,
                            {p: str(c) for p, c in checkpoints.items()})
-
-
-def _score_model(checkpoint: str | Path | None, device: torch.device) -> nn.Module:
-    from ats.scores import default_score_checkpoint
-
-    path = Path(checkpoint) if checkpoint is not None else default_score_checkpoint()
-    return models.load_checkpoint(path, device=device)[0].eval()
 
 
 # --- output ----------------------------------------------------------------------------------------

@@ -106,9 +106,9 @@ viz.show_grid([x.cpu(), recon.images, recon_dlg.images], labels=["private x", "i
 from ats.scores import default_score_checkpoint
 
 short = replace(idlg, iterations=max(1, ITERATIONS // 10))
-trained, _ = models.load_checkpoint(default_score_checkpoint(), device=device)
+trained, meta = models.load_checkpoint(default_score_checkpoint(), device=device)
 victims = {"LeNet (untrained)": model, "ResNet20 (untrained)": models.build_model("resnet20", 100, seed=0).to(device),
-           "ResNet20 (trained 10 epochs on 10 %)": trained}
+           f"ResNet20 (trained {meta.epochs} epochs on 10 %)": trained}
 rows, names = [x[:1].cpu()], ["x"]
 for name, victim in victims.items():
     victim.eval()

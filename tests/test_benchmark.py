@@ -188,3 +188,18 @@ def test_ats_benchmark_bad_input_exits_2_with_one_line(tmp_path, data_dir, bad, 
     out = _ats("--preset", "smoke", "--db", "b.db", *bad, data_dir=data_dir, cwd=tmp_path)
     assert out.returncode == 2 and message in out.stderr and out.stderr.strip().count("\n") == 0
     assert not (tmp_path / "b.db").exists() or Store.open(tmp_path / "b.db").benchmark_rows() == []
+
+
+def test_correlation_cells_are_keyed_by_the_privacy_model(tmp_path, data_dir):
+    """Another S_pri model gives other S_pri values: its correlation cells are recomputed, not reused."""
+    config = replace(SMOKE, policies=("none",), defenses=("none",), aware=False, correlation=3)
+    other = models.save_checkpoint(tmp_path / "other.pt", models.build_model("resnet20", 100, seed=5),
+                                   models.ModelMeta("resnet20", "cifar100", 100, "cifar100"))
+    with Store.open(tmp_path / "b.db") as store:
+        first = run_benchmark(config, store=store, workdir=tmp_path, data_root=data_dir)
+        again = run_benchmark(config, store=store, workdir=tmp_path, data_root=data_dir)
+        swapped = run_benchmark(config, store=store, workdir=tmp_path, data_root=data_dir, score_checkpoint=other)
+    assert (first.computed, again.computed, swapped.computed) == (4, 0, 3)  # only the correlation cells again
+    before = [r.summary["privacy"] for r in first.rows if r.study == "correlation"]
+    after = [r.summary["privacy"] for r in swapped.rows if r.study == "correlation"]
+    assert before != after
