@@ -1,7 +1,6 @@
 """Attack playground: pick an image, a model, a policy and an attack; watch the reconstruction sharpen."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 
 import numpy as np

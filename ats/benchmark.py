@@ -70,7 +70,7 @@ class BenchmarkConfig:
 
     name: str
     recipe: TrainRecipe  # how each policy's model is trained
-    attack: AttackConfig = field(default_factory=lambda: attacks.AttackConfig.ig())
+    attack: attacks.AttackConfig = field(default_factory=attacks.AttackConfig.ig)
     images: int = 100  # the attack set's first n test images
     policies: tuple[str, ...] = PAPER_POLICIES
     random: int = 10  # extra random policies in the table (the paper's "Random", averaged)
@@ -153,15 +153,14 @@ class BenchmarkResult:
 
     def table(self) -> list[dict]:
         """One flat dict per cell, with the paper's and the reproduction's numbers where they exist."""
-        out = []
+        out, paper_policies = [], {p for p, _ in PAPER}
         for row in self.rows:
-            policy = row.policy
-            paper_key = (policy if policy in {p for p, _ in PAPER} else "random", row.defense)
             flat = {"study": row.study, "policy": row.policy, "defense": row.defense, "attack": row.attack,
                     "images": row.images, "iterations": row.iterations, **row.summary}
             if row.study == "table":
+                paper_key = (row.policy if row.policy in paper_policies else "random", row.defense)
                 flat["paper_psnr"], flat["paper_accuracy"] = PAPER.get(paper_key, (math.nan, math.nan))
-                flat["rescience_psnr"] = RESCIENCE.get(policy, (math.nan,))[0] if row.defense == "none" else math.nan
+                flat["rescience_psnr"] = RESCIENCE.get(row.policy, (math.nan,))[0] if row.defense == "none" else math.nan
             out.append(flat)
         return out
 

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -31,7 +33,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from ats import data, models, scores, ui
-from ats.runtime import make_generator, pick_device, preset_name
+from ats.runtime import pick_device, preset_name
 
 PRESET = preset_name()
 config = {"smoke": scores.ScoreConfig.smoke(), "laptop": scores.ScoreConfig.laptop(),

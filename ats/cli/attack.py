@@ -60,7 +60,6 @@ def _load_images(args, num_classes_hint: int):
 
 
 def run(args) -> int:
-    import torch
 
     from ats import attacks, models
     from ats.evaluation import evaluate_reconstruction, summarize
