@@ -251,6 +251,7 @@ def run_benchmark(config: BenchmarkConfig, *, store: Store, workdir: str | Path,
     x, y = test.batch(indices, device)
     train_data = None
     checkpoints: dict[str, Path] = {}
+    digests: dict[str, str] = {}  # policy -> checkpoint hash, read once
     accuracies: dict[str, float | None] = {}
     loaded: dict[str, nn.Module] = {}
 
@@ -263,10 +264,11 @@ def run_benchmark(config: BenchmarkConfig, *, store: Store, workdir: str | Path,
                                    seed=seed, device=device,
                                    callback=lambda m: emit(BenchmarkEvent("train", m, done, len(cells))))
             checkpoints[policy], accuracies[policy] = path, meta.accuracy
+            digests[policy] = models.checkpoint_hash(path)
         if policy not in loaded:
             loaded.clear()  # one model in memory at a time
             loaded[policy] = models.load_checkpoint(checkpoints[policy], device=device)[0].eval()
-        return loaded[policy], models.checkpoint_hash(checkpoints[policy])
+        return loaded[policy], digests[policy]
 
     privacy_model = None
     score_path = Path(score_checkpoint) if score_checkpoint is not None else default_score_checkpoint()
@@ -292,7 +294,7 @@ def run_benchmark(config: BenchmarkConfig, *, store: Store, workdir: str | Path,
         if study == "correlation":
             if privacy_model is None:
                 privacy_model = models.load_checkpoint(score_path, device=device)[0].eval()
-            px, py = test.batch(privacy_indices(test, config.score), device)
+                px, py = test.batch(privacy_indices(test, config.score), device)  # the same S_pri images for all
             privacy = privacy_score(privacy_model, policy, px, py, generator=make_generator(seed, device),
                                     config=config.score).value
         results, _ = attack_cell(model, x, y, policy=policy, defense=defense, config=attack, seed=seed,
