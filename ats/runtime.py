@@ -1,4 +1,4 @@
-"""Runtime: device choice, seeding and explicit random generators.
+"""Runtime: device choice, seeding, explicit random generators, and where the shipped files are.
 
 Nothing in `ats` touches global RNG state implicitly: functions that need randomness take a
 `torch.Generator`, made here from a seed on the device where the tensors live.
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import random
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,3 +66,17 @@ def preset_name(default: str = "laptop") -> str:
     if name not in PRESETS:
         raise ValueError(f"ATS_PRESET={name!r} is not one of {', '.join(PRESETS)}")
     return name
+
+
+def asset_path(*parts: str) -> Path:
+    """A file or folder shipped inside the package, `ats/assets/<parts>` ("models", "x.pt").
+
+    Looked up with `importlib.resources`, so it is right for an editable checkout and an installed
+    wheel alike; the package is installed as plain files, so the result is a real path.
+    """
+    found = resources.files("ats").joinpath("assets")
+    for part in parts:
+        found = found.joinpath(part)
+    if not isinstance(found, Path):
+        raise ValueError(f"ats is not installed as plain files ({found!r}); reinstall it from a wheel")
+    return found

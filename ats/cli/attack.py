@@ -29,16 +29,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--restarts", type=int, help="override the preset's restarts")
     p.add_argument("--joint", action="store_true",
                    help="share one aggregated gradient for all images and reconstruct them jointly")
-    p.add_argument("--out", type=Path, help="folder for grid.png and results.json (default runs/attack-TIME)")
+    p.add_argument("--out", type=Path, help="folder for grid.png and results.json "
+                   "(default runs/attack-TIME, relative to the current folder)")
     add_common(p)
 
 
 def _load_images(args, num_classes_hint: int):
     """(x, y, indices, classes) for --data/--indices or --image."""
     from ats import data
+    from ats.images import load_image
+    from ats.indices import parse_indices
 
     if args.image is not None:
-        x = data.load_image(args.image)[None]
+        x = load_image(args.image)[None]
         classes = data.CIFAR100_CLASSES if args.data == "cifar100" else None
         label = 0
         if args.label is not None:
@@ -54,17 +57,17 @@ def _load_images(args, num_classes_hint: int):
 
         return x, torch.tensor([label]), [0], classes
     images = data.load_samples() if args.data == "samples" else data.load_dataset(args.data, "test")
-    indices = data.parse_indices(args.indices)
+    indices = parse_indices(args.indices)
     x, y = images.batch(indices)
     return x, y, list(indices), images.classes
 
 
 def run(args) -> int:
 
-    from ats import attacks, models
+    from ats import attacks, checkpoints
     from ats.evaluation import evaluate_reconstruction, summarize
     from ats.federated import client_update, parse_defense
-    from ats.policy import parse_policy
+    from ats.policy import Policy, parse_policy
     from ats.runtime import describe_device, make_generator, pick_device
     from ats.viz import save_grid
 
@@ -76,34 +79,31 @@ def run(args) -> int:
         config = replace(config, iterations=args.iterations)
     if args.restarts is not None:
         config = replace(config, restarts=args.restarts)
-    num_classes = {"cifar10": 10, "fmnist": 10}.get(args.data, 100)
-    if args.checkpoint is not None:
-        model, meta = models.load_checkpoint(args.checkpoint, device=device)
-        num_classes = meta.num_classes
-    else:
-        dataset = args.data if args.data in ("cifar100", "cifar10", "fmnist") else "cifar100"
-        model = models.build_model(args.model, num_classes, dataset=dataset, seed=args.seed).to(device)
+    model, num_classes = checkpoints.model_for_data(args.model, args.data, checkpoint=args.checkpoint, device=device,
+                                               seed=args.seed)
     model.eval()
     x, y, indices, _ = _load_images(args, num_classes)
     if int(y.max()) >= num_classes:
         raise ValueError(f"label {int(y.max())} does not fit a model with {num_classes} classes")
     x, y = x.to(device), y.to(device)
     generator = make_generator(args.seed, device)
-    update = client_update(model, x, y, None if str(policy) == "none" else policy, defense,
-                           generator=generator, per_example=not args.joint)
+    crop_flip = policy != Policy.none()  # as before: crop and flip come with a policy, not without
+    shared, private = client_update(model, x, y, policy, defense, crop_flip=crop_flip, generator=generator,
+                                    per_example=not args.joint)
     log(f"ats attack: {config.name} on {len(indices)} image(s), {type(model).__name__}, "
          f"policy {policy}, defense {defense}, {describe_device(device)}")
     started = time.perf_counter()
     final = None
     bar = progress(config.iterations)
     every = max(1, config.iterations // 100)
-    for snapshot in attacks.iter_reconstruct(model, update, config, generator=generator, every=every):
+    for snapshot in attacks.iter_reconstruct(model, shared, config, generator=generator, every=every,
+                                             policy=private.policy, crop_flip=private.crop_flip):
         bar.update(snapshot.iteration - bar.n)
         bar.set_postfix(loss=f"{float(snapshot.loss.nanmean()):.4g}")
         final = snapshot
     bar.close()
     seconds = time.perf_counter() - started
-    results = evaluate_reconstruction(final, update, x, indices)
+    results = evaluate_reconstruction(final, private, x, indices)
     out = args.out or Path("runs") / time.strftime("attack-%Y%m%d-%H%M%S")
     document = {
         "device": str(device),
@@ -118,7 +118,7 @@ def run(args) -> int:
         "grid": str(out / "grid.png"),
     }
     out.mkdir(parents=True, exist_ok=True)
-    save_grid(out / "grid.png", [x.cpu(), update.transformed.cpu(), final.images])
+    save_grid(out / "grid.png", [x.cpu(), private.transformed.cpu(), final.images])
     (out / "results.json").write_text(json.dumps(document, indent=2))
     if args.json:
         print(json.dumps(document))
@@ -128,13 +128,14 @@ def run(args) -> int:
 
 
 def _print_table(results, document) -> None:
-    print(f"{'index':>5} {'label':>5} {'label ok':>8} {'PSNR':>7} {'PSNR(T)':>7} {'SSIM':>6} {'SSIM(T)':>7}  status")
+    print(f"{'index':>5} {'label':>5} {'label ok':>8} {'psnr_x':>7} {'psnr_tx':>7} {'ssim_x':>6} {'ssim_tx':>7}"
+          "  status")
     for r in results:
-        print(f"{r.index:>5} {r.label:>5} {str(r.label_recovered):>8} {r.psnr:7.2f} {r.psnr_transformed:7.2f} "
-              f"{r.ssim:6.3f} {r.ssim_transformed:7.3f}  {r.status}")
+        print(f"{r.index:>5} {r.label:>5} {str(r.label_recovered):>8} {r.psnr_x:7.2f} {r.psnr_tx:7.2f} "
+              f"{r.ssim_x:6.3f} {r.ssim_tx:7.3f}  {r.status}")
     s = document["summary"]
-    if "psnr_mean" in s:
-        print(f"mean PSNR {s['psnr_mean']:.2f} dB (median {s['psnr_median']:.2f}) against the original, "
-              f"{s['psnr_transformed_mean']:.2f} dB against the transformed image; "
+    if "psnr_x_mean" in s:
+        print(f"mean PSNR {s['psnr_x_mean']:.2f} dB (median {s['psnr_x_median']:.2f}) against the original x, "
+              f"{s['psnr_tx_mean']:.2f} dB against the transformed T(x); "
               f"labels recovered {s['label_accuracy']:.0%}; {document['seconds']:.1f} s on {document['device']}")
     print(f"grid: {document['grid']}")

@@ -33,9 +33,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-aware", action="store_true", help="skip the policy-aware attacker")
     p.add_argument("--correlation", type=int, help="random policies for the S_pri–PSNR study (0 skips it)")
     p.add_argument("--score-checkpoint", type=Path, help="tiny-data model for S_pri (default: the shipped one)")
-    p.add_argument("--db", type=Path, default=Path("results.db"), help="results database (default results.db)")
+    p.add_argument("--db", type=Path, default=Path("results.db"),
+                   help="results database (default results.db in the current folder)")
     p.add_argument("--out", type=Path, default=Path("runs/benchmark"),
-                   help="folder for the trained models, benchmark.csv and the scatter plot (default runs/benchmark)")
+                   help="folder for the trained models, benchmark.csv and the scatter plot "
+                   "(default runs/benchmark, relative to the current folder)")
     p.add_argument("--report", type=Path, help="also write a Markdown reproduction report here")
     add_common(p)
 
@@ -46,7 +48,7 @@ def _split(text: str | None) -> tuple[str, ...] | None:
 
 def benchmark_config(args):
     """The preset's BenchmarkConfig with the command's overrides; bad values fail here, before any work."""
-    from ats import attacks, search
+    from ats import attacks, selection
     from ats.benchmark import BenchmarkConfig
     from ats.store import Store
 
@@ -60,11 +62,10 @@ def benchmark_config(args):
         if not args.from_search.is_file():
             raise ValueError(f"--from-search {args.from_search} does not exist")
         with Store.open(args.from_search) as store:
-            groups = store.groups()
-            if not groups:
-                raise ValueError(f"--from-search {args.from_search} holds no scores")
-            selection = search.select(store.get_scores(groups[0].definition, groups[0].checkpoint, groups[0].seed))
-        found = [r.policy for r in selection.top] + ([str(selection.hybrid)] if selection.hybrid else [])
+            rows = selection.search_rows(store)
+        if not rows:
+            raise ValueError(f"--from-search {args.from_search} holds no scores")
+        found = selection.policies_for_benchmark(rows)
         base = policies or config.policies
         policies = tuple(dict.fromkeys((*base, *found)))
     if policies is not None:
@@ -80,7 +81,7 @@ def benchmark_config(args):
 
 
 def run(args) -> int:
-    from ats import benchmark
+    from ats import benchmark, report
     from ats.runtime import describe_device, pick_device
     from ats.store import Store
 
@@ -94,7 +95,7 @@ def run(args) -> int:
             f"images; db {args.db}, models in {args.out / 'models'}; {describe_device(device)}")
         bar = progress(1, unit="cell")
 
-        def report(event: benchmark.BenchmarkEvent) -> None:
+        def on_event(event: benchmark.BenchmarkEvent) -> None:
             bar.total = event.total
             bar.n = event.done
             bar.set_description(event.stage)
@@ -104,27 +105,27 @@ def run(args) -> int:
                 bar.write(f"  {event.message}", file=sys.stderr)
 
         result = benchmark.run_benchmark(config, store=store, workdir=args.out, seed=args.seed, device=device,
-                                         score_checkpoint=args.score_checkpoint, callback=report)
+                                         score_checkpoint=args.score_checkpoint, callback=on_event)
         bar.close()
-    csv_path = benchmark.write_csv(result, args.out / "benchmark.csv")
-    scatter = benchmark.save_scatter(result, (args.report.parent if args.report else args.out) / "correlation.png")
+    csv_path = report.write_csv(result, args.out / "benchmark.csv")
+    scatter = report.save_scatter(result, (args.report.parent if args.report else args.out) / "correlation.png")
     if args.report:
         command = "ats " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("ats") else \
             f"ats benchmark --preset {config.name} --report {args.report}"
-        benchmark.write_report(result, args.report, command=command, device=describe_device(device), scatter=scatter)
+        report.write_report(result, args.report, command=command, device=describe_device(device), scatter=scatter)
     document = {"preset": config.name, "db": str(args.db), "csv": str(csv_path), "report": str(args.report or ""),
                 "cells": len(result.rows), "computed": result.computed, "seconds": round(result.seconds, 1),
                 "correlation": result.correlation, "checkpoints": result.checkpoints, "rows": result.table()}
     if args.json:
         print(json.dumps(_finite(document)))
     else:
-        print(benchmark.markdown_table(result))
+        print(report.markdown_table(result))
         if config.aware:
             print()
-            print(benchmark.markdown_aware(result))
+            print(report.markdown_aware(result))
         if result.correlation:
             print()
-            print(benchmark.markdown_correlation(result))
+            print(report.markdown_correlation(result))
         print(f"\n{result.computed} of {len(result.rows)} cells computed in {result.seconds:.0f} s; table in {csv_path}"
               + (f", report in {args.report}" if args.report else ""))
     return 0

@@ -4,12 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ats.cli import add_common, log, progress
-
-PRESETS = ("smoke", "laptop", "paper")
+from ats.runtime import PRESETS
 
 
 def add_scoring_flags(p: argparse.ArgumentParser) -> None:
@@ -17,7 +15,8 @@ def add_scoring_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="laptop", choices=PRESETS, help="score definition preset (default laptop)")
     p.add_argument("--model", help="architecture (default: the checkpoint's); must match --checkpoint")
     p.add_argument("--checkpoint", type=Path,
-                   help="the tiny-data model behind S_pri (default assets/models/tiny-cifar100-resnet20.pt)")
+                   help="the tiny-data model behind S_pri "
+                   "(default: the shipped ats/assets/models/tiny-cifar100-resnet20.pt)")
     p.add_argument("--images", type=int, help="privacy-score images (default: the preset's)")
 
 
@@ -30,56 +29,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_common(p)
 
 
-@dataclass(frozen=True)
-class Scoring:
-    """Everything a score needs, loaded once: config, both models, the images, the checkpoint's hash."""
-
-    config: object  # ats.scores.ScoreConfig
-    privacy_model: object
-    accuracy_model: object
-    data: object  # ats.data.ImageSet
-    checkpoint: Path
-    checkpoint_hash: str
+def _images(args) -> int | None:
+    """--images, checked."""
+    if args.images is not None and args.images < 1:
+        raise ValueError(f"--images {args.images} must be at least 1")
+    return args.images
 
 
 def score_config(args):
     """The ScoreConfig named by --preset, with --images applied."""
-    from ats import scores
+    from ats.scoring import preset_config
 
-    config = getattr(scores.ScoreConfig, args.preset)()
-    if args.images is not None:
-        if args.images < 1:
-            raise ValueError(f"--images {args.images} must be at least 1")
-        config = replace(config, privacy_images=args.images)
-    return config
+    return preset_config(args.preset, privacy_images=_images(args))
 
 
-def checkpoint_path(args) -> Path:
-    """--checkpoint, else the shipped tiny-data model; a clear error when the default is missing."""
-    from ats import scores
+def load_scoring(args, device):
+    """The S_pri checkpoint, the untrained S_acc model and the test images for `args`: a ScoringSetup."""
+    from ats.scoring import ScoringSetup
 
-    if args.checkpoint is not None:
-        return args.checkpoint
-    path = scores.default_score_checkpoint()
-    if not path.is_file():
-        raise ValueError(f"the S_pri model {path} does not exist; build it with "
-                         f"`ats train --recipe tiny --out {path}` or pass --checkpoint")
-    return path
-
-
-def load_scoring(args, device) -> Scoring:
-    """Load the S_pri checkpoint, the untrained S_acc model and the test images for `args`."""
-    from ats import models, scores
-    from ats.data import load_dataset
-
-    config = score_config(args)
-    path = checkpoint_path(args)
-    privacy_model, meta = models.load_checkpoint(path, device=device, expect_arch=args.model)
-    config = replace(config, arch=meta.arch)
-    privacy_model.eval()
-    accuracy_model = scores.accuracy_model(config, args.seed, num_classes=meta.num_classes).to(device)
-    data = load_dataset(meta.dataset, "test")
-    return Scoring(config, privacy_model, accuracy_model, data, path, models.checkpoint_hash(path))
+    return ScoringSetup.load(args.preset, checkpoint=args.checkpoint, arch=args.model, device=device,
+                             seed=args.seed, privacy_images=_images(args))
 
 
 def run(args) -> int:
@@ -96,12 +65,9 @@ def run(args) -> int:
     bar = progress(len(policies), unit="policy")
     for policy in policies:
         started = time.perf_counter()
-        privacy, accuracy = scores.score_policy(policy, privacy_model=setup.privacy_model,
-                                                accuracy_model=setup.accuracy_model, data=setup.data,
-                                                config=setup.config, seed=args.seed)
+        privacy, accuracy = setup.score(policy)
         results.append({"policy": str(policy), "privacy": float(privacy.value), "accuracy": float(accuracy.value),
-                        "accuracy_normalized": float(accuracy.normalized),
-                        "passes": bool(accuracy.value >= scores.ACCURACY_THRESHOLD),
+                        "accuracy_normalized": float(accuracy.normalized), "passes": accuracy.passes,
                         "seconds": round(time.perf_counter() - started, 3)})
         bar.update(1)
     bar.close()

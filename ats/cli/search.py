@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ats.cli import add_common, log, progress
-from ats.cli.score import add_scoring_flags, checkpoint_path, score_config
+from ats.cli.score import add_scoring_flags, load_scoring, score_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--candidates", type=int, default=1500, help="random policies of 1–3 ops (default 1500)")
     which.add_argument("--singles", action="store_true", help="score the 50 one-op policies instead")
     which.add_argument("--policies", help="score these policies instead, e.g. 3-1-7,43-18-18")
-    p.add_argument("--db", type=Path, default=Path("results.db"), help="results database (default results.db)")
+    p.add_argument("--db", type=Path, default=Path("results.db"),
+                   help="results database (default results.db in the current folder)")
     p.add_argument("--top", type=int, default=2, help="how many policies to select (default 2)")
     p.add_argument("--threshold", type=float, help="accuracy threshold on S_acc (default -85)")
     p.add_argument("--alpha", type=float,
@@ -44,16 +45,18 @@ def _policies(args) -> list:
 
 def _show(args, config, threshold: float) -> dict:
     """The best of what `--db` holds for this definition and seed (the checkpoint's, when it exists)."""
-    from ats import models, search
+    from ats import checkpoints
+    from ats.scoring import score_checkpoint
+    from ats.selection import select
     from ats.store import Store
 
     if not args.db.is_file():
         raise ValueError(f"results database {args.db} does not exist; run `ats search --db {args.db}` first")
     wanted = None
     try:  # the checkpoint, when it is there, says the architecture and which rows are its own
-        path = checkpoint_path(args)
-        _, meta = models.load_checkpoint(path, expect_arch=args.model)
-        config, wanted = replace(config, arch=meta.arch), models.checkpoint_hash(path)
+        path = score_checkpoint(args.checkpoint)
+        _, meta = checkpoints.load_checkpoint(path, expect_arch=args.model)
+        config, wanted = replace(config, arch=meta.arch), checkpoints.checkpoint_hash(path)
     except ValueError:
         config = replace(config, arch=args.model or config.arch)
     definition = config.definition()
@@ -64,15 +67,54 @@ def _show(args, config, threshold: float) -> dict:
                              f"seeds there: {sorted({g.seed for g in store.groups()})}")
         group = next((g for g in groups if g.checkpoint == wanted), groups[0])
         rows = store.get_scores(definition, group.checkpoint, args.seed)
-    selection = search.select(rows, threshold=threshold, top=args.top, alpha=args.alpha)
+    selection = select(rows, threshold=threshold, top=args.top, alpha=args.alpha)
     return {"db": str(args.db), "preset": config.name, "checkpoint": group.checkpoint, "seed": args.seed,
             "rows": len(rows), "selection": selection.to_dict()}
 
 
-def run(args) -> int:
-    from ats import scores, search
+def _search(args, threshold: float) -> dict:
+    """Score `args`' policies into --db (resuming), with a progress bar, and select from them."""
+    from ats import search
+    from ats.racing import Racing
     from ats.runtime import describe_device, pick_device
+    from ats.selection import select
     from ats.store import Store
+
+    policies = _policies(args)
+    device = pick_device(args.device)
+    setup = load_scoring(args, device)
+    with Store.open(args.db, definition=setup.config.definition()) as store:
+        log(f"ats search: {len(policies)} policies, preset {setup.config.name}, "
+            f"{setup.config.privacy_images} privacy images, model {setup.checkpoint}, db {args.db}, "
+            f"{describe_device(device)}{', racing' if args.racing else ''}")
+        bar = progress(len(policies), unit="policy")
+        stage = {"name": None}
+
+        def report(event: search.SearchProgress) -> None:
+            if event.stage != stage["name"]:
+                stage["name"] = event.stage
+                bar.reset(total=event.total)
+                bar.set_description(event.stage)
+                if event.skipped:
+                    log(f"ats search: {event.skipped} policies already in {args.db}, resuming")
+            bar.n = event.done
+            bar.set_postfix(policy=event.policy, refresh=False)
+            bar.refresh()
+
+        race = Racing(keep=max(10, args.top), threshold=threshold) if args.racing else False
+        result = search.run_search(policies, store=store, **setup.inputs(), checkpoint_hash=setup.checkpoint_hash,
+                                   callback=report, racing=race)
+        bar.close()
+    selection = select(result.rows, threshold=threshold, top=args.top, alpha=args.alpha)
+    return {"db": str(args.db), "preset": setup.config.name, "checkpoint": setup.checkpoint_hash,
+            "seed": args.seed, "rows": len(result.rows), "requested": len(policies),
+            "scored": result.scored, "skipped": result.skipped, "dropped": result.dropped,
+            "image_scores": result.image_scores, "seconds": round(result.seconds, 3),
+            "selection": selection.to_dict()}
+
+
+def run(args) -> int:
+    from ats import scores
 
     threshold = scores.ACCURACY_THRESHOLD if args.threshold is None else args.threshold
     if args.top < 1:
@@ -80,43 +122,7 @@ def run(args) -> int:
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha {args.alpha} must lie in [0, 1]")
     config = score_config(args)
-    if args.show:
-        document = _show(args, config, threshold)
-    else:
-        policies = _policies(args)
-        device = pick_device(args.device)
-        from ats.cli.score import load_scoring
-
-        setup = load_scoring(args, device)
-        with Store.open(args.db, definition=setup.config.definition()) as store:
-            log(f"ats search: {len(policies)} policies, preset {setup.config.name}, "
-                f"{setup.config.privacy_images} privacy images, model {setup.checkpoint}, db {args.db}, "
-                f"{describe_device(device)}{', racing' if args.racing else ''}")
-            bar = progress(len(policies), unit="policy")
-            stage = {"name": None}
-
-            def report(event: search.SearchProgress) -> None:
-                if event.stage != stage["name"]:
-                    stage["name"] = event.stage
-                    bar.reset(total=event.total)
-                    bar.set_description(event.stage)
-                    if event.skipped:
-                        log(f"ats search: {event.skipped} policies already in {args.db}, resuming")
-                bar.n = event.done
-                bar.set_postfix(policy=event.policy, refresh=False)
-                bar.refresh()
-
-            result = search.run_search(policies, store=store, privacy_model=setup.privacy_model,
-                                       accuracy_model=setup.accuracy_model, data=setup.data, config=setup.config,
-                                       seed=args.seed, checkpoint_hash=setup.checkpoint_hash, callback=report,
-                                       racing=search.Racing(keep=max(10, args.top), threshold=threshold) if args.racing else False)
-            bar.close()
-        selection = search.select(result.rows, threshold=threshold, top=args.top, alpha=args.alpha)
-        document = {"db": str(args.db), "preset": setup.config.name, "checkpoint": setup.checkpoint_hash,
-                    "seed": args.seed, "rows": len(result.rows), "requested": len(policies),
-                    "scored": result.scored, "skipped": result.skipped, "dropped": result.dropped,
-                    "image_scores": result.image_scores, "seconds": round(result.seconds, 3),
-                    "selection": selection.to_dict()}
+    document = _show(args, config, threshold) if args.show else _search(args, threshold)
     if args.json:
         print(json.dumps(document))
     else:

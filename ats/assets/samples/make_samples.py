@@ -2,10 +2,10 @@
 
 Run from the project root (needs `pip install -e ".[dev]"`, which brings scikit-image):
 
-    python assets/samples/make_samples.py
+    python ats/assets/samples/make_samples.py
 
 Each source photo is centre-cropped to a square and resized with an antialiasing filter by
-`ats.data.load_image`, the same path an uploaded image takes, then written as a 32×32 PNG and a
+`ats.images.load_image`, the same path an uploaded image takes, then written as a 32×32 PNG and a
 128×128 preview. Labels (nearest CIFAR-100 class) go to `labels.json`; sources and licences are
 in `ATTRIBUTION.md`.
 """
@@ -18,7 +18,8 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-from ats.data import CIFAR100_CLASSES, load_image
+from ats.data import CIFAR100_CLASSES
+from ats.images import load_image
 
 HERE = Path(__file__).resolve().parent
 
