@@ -4,9 +4,10 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
-from ats import data, ui
+from ats import data
 from ats.policy import parse_policy
 from ats.runtime import make_generator
+from ats.viz import to_display
 
 THREAT = """digraph {
   rankdir=LR; node [shape=box, style="rounded,filled", fillcolor="#f5f5f5", fontname="sans-serif"];
@@ -36,7 +37,7 @@ def examples() -> tuple[list, list[str]]:
     for text in ("3-1-7", "43-18-18", "3-1-7+43-18-18"):
         rows.append(parse_policy(text).transform(x, make_generator(0)))
         captions += [f"T(x), {text}"] * len(x)
-    return ui.to_display(torch.cat(rows), scale=3), captions
+    return to_display(torch.cat(rows), scale=3), captions
 
 
 st.title("About: gradient leakage and ATS")

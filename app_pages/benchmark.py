@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from ats import benchmark, ui
+from ats import benchmark, report
 from ats.federated import DEFENSES
 from ats.runtime import pick_device
 from ats.store import Store
@@ -24,7 +24,8 @@ def read_table(content: bytes) -> pd.DataFrame:
         table = pd.read_csv(io.BytesIO(content))
     except (ValueError, UnicodeDecodeError) as error:  # pandas' ParserError is a ValueError
         raise ValueError(f"not a readable CSV table ({error})") from error
-    ui.check_benchmark_columns(table.columns)
+    table.columns = report.normalize_columns(table.columns)  # a table written by an older version
+    report.check_columns(table.columns)
     return table
 
 
@@ -61,7 +62,7 @@ def run_here() -> None:
     except ValueError as error:  # no CIFAR-100 copy, a foreign model file, …
         st.error(str(error))
         return
-    benchmark.write_csv(result, APP_RUN / "benchmark.csv")
+    report.write_csv(result, APP_RUN / "benchmark.csv")
     bar.progress(1.0, text=f"{result.computed} cells computed, {len(result.rows) - result.computed} reused, "
                            f"{result.seconds:.0f} s")
     st.session_state["benchmark_file"] = str(APP_RUN / "benchmark.csv")
@@ -73,7 +74,7 @@ st.markdown("How well each policy and gradient defense protects against the atta
             "0–99). `ats benchmark` writes this table; the paper's numbers stand beside ours where they exist.")
 with st.expander("Run a small benchmark here"):
     run_here()
-upload = st.file_uploader("A benchmark table (.csv) with the columns " + ", ".join(ui.BENCHMARK_COLUMNS), type=None)
+upload = st.file_uploader("A benchmark table (.csv) with the columns " + ", ".join(report.REQUIRED_COLUMNS), type=None)
 found = [Path(st.session_state["benchmark_file"])] if "benchmark_file" in st.session_state else []
 found += sorted((p for pattern in DEFAULT_FILES for p in Path().glob(str(pattern))), key=lambda p: -p.stat().st_mtime)
 found = [p for p in dict.fromkeys(found) if p.is_file()]
@@ -94,23 +95,23 @@ studies = table["study"] if "study" in table else pd.Series(["table"] * len(tabl
 main = table[studies == "table"]
 st.dataframe(main, hide_index=True, width="stretch")
 left, right = st.columns(2)
-bars = px.bar(main, x="policy", y="psnr_mean", error_y="psnr_std", color="defense", barmode="group",
-              title="PSNR of the reconstruction vs T(x) (↓ more private)", labels={"psnr_mean": "PSNR (dB)"})
+bars = px.bar(main, x="policy", y="psnr_tx_mean", error_y="psnr_tx_std", color="defense", barmode="group",
+              title="PSNR of the reconstruction vs T(x) (↓ more private)", labels={"psnr_tx_mean": "PSNR (dB)"})
 left.plotly_chart(bars, width="stretch")
-trade = px.scatter(main, x="psnr_mean", y="accuracy", color="defense", text="policy",
-                   title="Privacy against accuracy", labels={"psnr_mean": "PSNR (dB, ← more private)",
+trade = px.scatter(main, x="psnr_tx_mean", y="accuracy", color="defense", text="policy",
+                   title="Privacy against accuracy", labels={"psnr_tx_mean": "PSNR (dB, ← more private)",
                                                              "accuracy": "test accuracy"})
 trade.update_traces(textposition="top center")
 right.plotly_chart(trade, width="stretch")
 if (studies == "aware").any():
     st.subheader("An attacker who knows the policy")
-    plain = main[main["defense"] == "none"].set_index("policy")["psnr_original_mean"]
-    aware = table[studies == "aware"].set_index("policy")["psnr_original_mean"]
+    plain = main[main["defense"] == "none"].set_index("policy")["psnr_x_mean"]
+    aware = table[studies == "aware"].set_index("policy")["psnr_x_mean"]
     st.dataframe(pd.DataFrame({"IG: PSNR vs x": plain.reindex(aware.index), "aware: PSNR vs x": aware}),
                  width="stretch")
 if (studies == "correlation").any() and "privacy" in table:
     st.subheader("Does S_pri predict attack PSNR?")
     points = table[studies == "correlation"]
-    st.plotly_chart(px.scatter(points, x="privacy", y="psnr_mean", text="policy",
-                               labels={"privacy": "S_pri (← more private)", "psnr_mean": "PSNR vs T(x) (dB)"}),
+    st.plotly_chart(px.scatter(points, x="privacy", y="psnr_tx_mean", text="policy",
+                               labels={"privacy": "S_pri (← more private)", "psnr_tx_mean": "PSNR vs T(x) (dB)"}),
                     width="stretch")

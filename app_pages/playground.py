@@ -8,10 +8,12 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from ats import attacks, data, metrics, models, ui
+from ats import attacks, checkpoints, data, metrics, models, viz
 from ats.evaluation import evaluate_reconstruction
 from ats.federated import DEFENSES, client_update, parse_defense
-from ats.policy import parse_policy, transform
+from ats.images import load_image
+from ats.pool import POOL
+from ats.policy import Policy, parse_policy, transform
 from ats.runtime import make_generator, pick_device
 
 ARCHS = {"lenet": "LeNet (DLG's)", "resnet20": "ResNet20", "resnet20-4": "ResNet20-4", "convnet": "ConvNet"}
@@ -27,14 +29,15 @@ def untrained_model(arch: str, seed: int) -> torch.nn.Module:
 
 @st.cache_resource
 def shipped_model(path: str, expect_arch: str) -> torch.nn.Module:
-    model, meta = models.load_checkpoint(path, device=pick_device(), expect_arch=expect_arch)
-    ui.check_classes(meta, 100)
+    model, meta = checkpoints.load_checkpoint(path, device=pick_device(), expect_arch=expect_arch)
+    checkpoints.check_classes(meta, 100)
     return model.eval()
 
 
 @st.cache_resource
 def uploaded_model(content: bytes, expect_arch: str) -> torch.nn.Module:
-    return ui.load_checkpoint_bytes(content, device=pick_device(), expect_arch=expect_arch, num_classes=100)[0].eval()
+    model, _ = checkpoints.load_checkpoint_bytes(content, device=pick_device(), expect_arch=expect_arch, num_classes=100)
+    return model.eval()
 
 
 @st.cache_data
@@ -53,12 +56,12 @@ def cifar_available() -> bool:
 
 @st.cache_data
 def uploaded_image(content: bytes) -> torch.Tensor:
-    return data.load_image(content)  # (3, 32, 32)
+    return load_image(content)  # (3, 32, 32)
 
 
 @st.cache_data
 def op_gallery(image: np.ndarray) -> list:
-    return ui.to_display(ui.op_gallery(torch.from_numpy(image)), scale=2)
+    return viz.to_display(viz.op_gallery(torch.from_numpy(image)), scale=2)
 
 
 def choose_image() -> tuple[torch.Tensor, int, str] | None:
@@ -86,7 +89,7 @@ def choose_image() -> tuple[torch.Tensor, int, str] | None:
     names = [f"#{i} {images.classes[int(images.labels[i])]}" for i in range(count)]
     columns = st.columns(count)
     for i, column in enumerate(columns):
-        column.image(ui.to_display(images.images[i:i + 1].float() / 255)[0], caption=names[i],
+        column.image(viz.to_display(images.images[i:i + 1].float() / 255)[0], caption=names[i],
                      width="stretch")
     index = st.selectbox("Attack image", range(count), format_func=names.__getitem__, key=f"index_{source}")
     x, y = images.batch([index])
@@ -101,8 +104,8 @@ def choose_policy(image: torch.Tensor) -> str:
     mode = st.radio("Policy", ["pick", "type"], horizontal=True, key="policy_mode",
                     format_func={"pick": "Pick up to three ops", "type": "Type a policy (hybrids too)"}.get)
     if mode == "pick":
-        ops = st.multiselect("Ops, applied in order", range(len(ui.POOL)), max_selections=3,
-                             format_func=ui.op_label, key="policy_ops")
+        ops = st.multiselect("Ops, applied in order", range(len(POOL)), max_selections=3,
+                             format_func=viz.op_label, key="policy_ops")
         text = "-".join(str(i) for i in ops) or "none"
     else:
         text = st.text_input("Policy, e.g. 3-1-7 or 3-1-7+43-18-18 (none for no policy)", value="3-1-7",
@@ -111,7 +114,7 @@ def choose_policy(image: torch.Tensor) -> str:
         thumbnails = op_gallery(image.numpy())
         for row in range(0, len(thumbnails), 10):
             for i, column in enumerate(st.columns(10), start=row):
-                column.image(thumbnails[i], caption=ui.op_label(i), width="stretch")
+                column.image(thumbnails[i], caption=viz.op_label(i), width="stretch")
     return text
 
 
@@ -122,7 +125,7 @@ def attack_panel(x: torch.Tensor, y: int, name: str, policy_text: str) -> None:
     with st.form("attack"):
         left, right = st.columns(2)
         arch = left.selectbox("Model", list(ARCHS), format_func=ARCHS.get)
-        shipped = {p.name: str(p) for p in ui.shipped_checkpoints()}
+        shipped = {p.name: str(p) for p in checkpoints.shipped_checkpoints()}
         weights = left.selectbox("Weights", ["untrained", *shipped, "upload"],
                                  format_func=lambda w: {"untrained": "untrained (seed 0)",
                                                         "upload": "an uploaded checkpoint"}.get(w, w))
@@ -164,18 +167,19 @@ def run_attack(x: torch.Tensor, y: int, name: str, policy_text: str, arch: str, 
     model = load_model(arch, weights, shipped, checkpoint)
     x, y = x[None].to(device), torch.tensor([y], device=device)  # (1, 3, 32, 32), (1,)
     generator = make_generator(seed, device)
-    update = client_update(model, x, y, None if str(policy) == "none" else policy, defense,
-                           generator=generator, per_example=True)
-    original, transformed = x.cpu(), update.transformed.cpu()
+    shared, private = client_update(model, x, y, policy, defense, crop_flip=policy != Policy.none(),
+                                    generator=generator, per_example=True)
+    original, transformed = x.cpu(), private.transformed.cpu()
     cols = st.columns([1, 1, 1, 3])
-    cols[0].image(ui.to_display(original)[0], caption="private image x", width="stretch")
-    cols[1].image(ui.to_display(transformed)[0], caption=f"T(x), what the client trains on ({policy})",
+    cols[0].image(viz.to_display(original)[0], caption="private image x", width="stretch")
+    cols[1].image(viz.to_display(transformed)[0], caption=f"T(x), what the client trains on ({policy})",
                   width="stretch")
     frame, chart = cols[2].empty(), cols[3].empty()
     status = st.empty()
     curves, final = [], None
-    for snapshot in attacks.iter_reconstruct(model, update, config, generator=generator, every=every):
-        frame.image(ui.to_display(snapshot.images)[0], caption=f"reconstruction, iteration {snapshot.iteration}",
+    for snapshot in attacks.iter_reconstruct(model, shared, config, generator=generator, every=every,
+                                             policy=private.policy, crop_flip=private.crop_flip):
+        frame.image(viz.to_display(snapshot.images)[0], caption=f"reconstruction, iteration {snapshot.iteration}",
                     width="stretch")
         curves.append({"iteration": snapshot.iteration, "loss": float(snapshot.loss[0]),
                        "PSNR vs x (dB)": float(metrics.psnr(snapshot.images, original)[0]),
@@ -189,22 +193,22 @@ def run_attack(x: torch.Tensor, y: int, name: str, policy_text: str, arch: str, 
                         text=f"iteration {snapshot.iteration}/{snapshot.iterations} · {snapshot.seconds:.1f} s · "
                              f"loss {float(snapshot.loss[0]):.4g}")
         final = snapshot
-    result = evaluate_reconstruction(final, update, original)[0]
+    result = evaluate_reconstruction(final, private, original)[0]
     m = st.columns(5)
-    m[0].metric("PSNR vs original", f"{result.psnr:.2f} dB")
-    m[1].metric("PSNR vs transformed", f"{result.psnr_transformed:.2f} dB")
-    m[2].metric("SSIM vs original", f"{result.ssim:.3f}")
-    m[3].metric("SSIM vs transformed", f"{result.ssim_transformed:.3f}")
+    m[0].metric("PSNR vs original", f"{result.psnr_x:.2f} dB")
+    m[1].metric("PSNR vs transformed", f"{result.psnr_tx:.2f} dB")
+    m[2].metric("SSIM vs original", f"{result.ssim_x:.3f}")
+    m[3].metric("SSIM vs transformed", f"{result.ssim_tx:.3f}")
     m[4].metric("Label recovered", "yes" if result.label_recovered else "no")
     if result.status != "ok":
         st.warning(f"The attack failed: {result.status}")
     st.session_state["current_policy"] = str(policy)
     runs = st.session_state.setdefault("runs", [])
     runs.append({"image": name, "model": f"{arch} ({weights})", "policy": str(policy), "defense": str(defense),
-                 "attack": f"{preset} × {iterations}", "PSNR vs x": round(result.psnr, 2),
-                 "PSNR vs T(x)": round(result.psnr_transformed, 2), "SSIM vs x": round(result.ssim, 3),
+                 "attack": f"{preset} × {iterations}", "PSNR vs x": round(result.psnr_x, 2),
+                 "PSNR vs T(x)": round(result.psnr_tx, 2), "SSIM vs x": round(result.ssim_x, 3),
                  "seconds": round(final.seconds, 1),
-                 "thumbnails": ui.to_display(torch.cat([original, transformed, final.images]), scale=2)})
+                 "thumbnails": viz.to_display(torch.cat([original, transformed, final.images]), scale=2)})
     del runs[:-HISTORY]
 
 
@@ -238,8 +242,8 @@ try:
 except ValueError as error:
     st.error(str(error))
 else:
-    crop_flip = str(policy) != "none"  # as client_update: no crop and flip without a policy
+    crop_flip = policy != Policy.none()  # as the attack: no crop and flip without a policy
     preview = transform(x[None], policy, make_generator(0), crop_flip=crop_flip)
     st.caption(f"**{policy}**: {policy.describe()} (after a random crop and flip when a policy is set)")
-    st.image(ui.to_display(torch.cat([x[None], preview]), scale=3), caption=["x", "T(x), seed 0"])
+    st.image(viz.to_display(torch.cat([x[None], preview]), scale=3), caption=["x", "T(x), seed 0"])
 attack_panel(x, y, name, policy_text)

@@ -1,47 +1,34 @@
 """Scores: S_pri and S_acc of a policy, the similarity curve behind S_pri, and reference points."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from ats import data, models, scores, ui
+from ats import scores
 from ats.policy import parse_policy
-from ats.runtime import pick_device
+from ats.published import PAPER_POLICIES
+from ats.scoring import ScoringSetup
+from ats.search import reference_policies
 
 UNTRAINED = "untrained resnet20 (quick look; not the paper's setting)"
 
 
 @st.cache_resource
-def privacy_model(choice: str, stamp: float) -> torch.nn.Module:
-    if choice == UNTRAINED:
-        return models.build_model("resnet20", 100, seed=0).to(pick_device()).eval()
-    model, _ = models.load_checkpoint(choice, device=pick_device())
-    return model.eval()
-
-
-@st.cache_resource
-def accuracy_model(arch: str, seed: int) -> torch.nn.Module:
-    return scores.accuracy_model(scores.ScoreConfig(arch=arch), seed).to(pick_device())
-
-
-@st.cache_data
-def test_set() -> data.ImageSet:
-    return data.load_dataset("cifar100", "test")
+def scoring(choice: str, stamp: float) -> ScoringSetup:
+    """Smoke-preset scoring on the checkpoint `choice` (or UNTRAINED); `stamp` is the file's mtime."""
+    untrained = choice == UNTRAINED
+    return ScoringSetup.load("smoke", checkpoint=None if untrained else choice, untrained=untrained, seed=0)
 
 
 @st.cache_data(show_spinner=False)
 def score(policy: str, choice: str, stamp: float, images: int, windows: int, seed: int) -> dict:
     """S_pri, S_acc and the mean similarity curve of one policy (cached per setting)."""
-    config = replace(scores.ScoreConfig.smoke(), privacy_images=images, accuracy_runs=windows)
-    privacy, accuracy = scores.score_policy(policy, privacy_model=privacy_model(choice, stamp),
-                                            accuracy_model=accuracy_model(config.arch, seed), data=test_set(),
-                                            config=config, seed=seed)
+    setup = scoring(choice, stamp).with_config(privacy_images=images, accuracy_runs=windows)
+    privacy, accuracy = setup.score(policy, seed=seed)
     return {"policy": policy, "S_pri": privacy.value, "S_acc": accuracy.value,
-            "S_acc per image": accuracy.normalized, "curve": privacy.curve.tolist()}
+            "S_acc per image": accuracy.normalized, "passes": accuracy.passes, "curve": privacy.curve.tolist()}
 
 
 st.title("Privacy and accuracy scores")
@@ -70,15 +57,15 @@ with st.form("scores"):
 if not submitted:
     st.caption("Press **Compute scores**: each policy takes a few seconds on a CPU; results are cached.")
     st.stop()
+stamp = checkpoint.stat().st_mtime if choice == str(checkpoint) else 0.0  # a retrained model is a new one
 try:
     policy = str(parse_policy(policy_text))
-    test_set()
+    scoring(choice, stamp)
 except ValueError as error:
     st.error(str(error))
     st.stop()
 st.session_state["current_policy"] = policy
-stamp = checkpoint.stat().st_mtime if choice == str(checkpoint) else 0.0  # a retrained model is a new one
-references = [p for p in ui.reference_policies(extra, seed=0) if p != policy]
+references = [p for p in reference_policies(extra, seed=0) if p != policy]
 rows = []
 bar = st.progress(0.0, text="scoring…")
 try:
@@ -93,7 +80,7 @@ current = rows[0]
 m = st.columns(3)
 m[0].metric("S_pri (lower = more private)", f"{current['S_pri']:.4f}")
 m[1].metric("S_acc (higher = better)", f"{current['S_acc']:.2f}")
-m[2].metric("passes the accuracy threshold", "yes" if current["S_acc"] >= scores.ACCURACY_THRESHOLD else "no")
+m[2].metric("passes the accuracy threshold", "yes" if current["passes"] else "no")
 
 left, right = st.columns(2)
 curve = go.Figure()
@@ -104,8 +91,8 @@ curve.update_layout(title="Gradient similarity along the path noise → T(x)", h
                     xaxis_title="position on the path (0 = noise, 1 = the image)",
                     yaxis_title="mean cosine to the image's gradient")
 left.plotly_chart(curve, width="stretch")
-table = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in rows])
-table["kind"] = ["this policy"] + ["the paper's" if p in ui.PAPER_POLICIES else "random" for p in table["policy"][1:]]
+table = pd.DataFrame([{k: v for k, v in r.items() if k not in ("curve", "passes")} for r in rows])
+table["kind"] = ["this policy"] + ["the paper's" if p in PAPER_POLICIES else "random" for p in table["policy"][1:]]
 scatter = go.Figure()
 for kind, symbol, size in (("random", "circle", 9), ("the paper's", "diamond", 11), ("this policy", "star", 18)):
     part = table[table["kind"] == kind]

@@ -3,32 +3,25 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
-import torch
 
-from ats import data, models, scores, search, ui
-from ats.runtime import pick_device
-from ats.store import Store
+from ats import scores, search
+from ats.published import PAPER_POLICIES
+from ats.scoring import ScoringSetup
+from ats.selection import Selection, select
+from ats.store import Store, existing_database
 
 SOURCES = {"path": "Open a database file", "upload": "Upload a database", "run": "Run a small search"}
 
 
 @st.cache_resource
-def search_models(checkpoint: str, stamp: float) -> tuple[torch.nn.Module, torch.nn.Module, str, str]:
-    """The S_pri model (the shipped checkpoint, else an untrained resnet20), the S_acc model, arch, hash."""
-    device = pick_device()
-    if checkpoint:
-        model, meta = models.load_checkpoint(checkpoint, device=device)
-        arch, key = meta.arch, models.checkpoint_hash(checkpoint)
-    else:
-        model, arch, key = models.build_model("resnet20", 100, seed=0), "resnet20", "untrained-resnet20-seed0"
-    accuracy = scores.accuracy_model(scores.ScoreConfig(arch=arch), 0).to(device)
-    return model.to(device).eval(), accuracy, arch, key
+def scoring(checkpoint: str, stamp: float) -> ScoringSetup:
+    """Smoke-preset scoring on `checkpoint`, else ("") an untrained resnet20; `stamp` is the file's mtime."""
+    return ScoringSetup.load("smoke", checkpoint=checkpoint or None, untrained=not checkpoint, seed=0)
 
 
 def small_search(path: Path, count: int, images: int, seed: int) -> None:
@@ -38,10 +31,9 @@ def small_search(path: Path, count: int, images: int, seed: int) -> None:
     if not found:
         st.info(f"The tiny-data S_pri model `{checkpoint.name}` is not available yet; this search uses an "
                 "untrained resnet20, so its S_pri values are not the paper's.")
-    privacy_model, accuracy_model, arch, key = search_models(str(checkpoint) if found else "",
-                                                            checkpoint.stat().st_mtime if found else 0.0)
-    config = replace(scores.ScoreConfig.smoke(), arch=arch, privacy_images=images)
-    policies = list(ui.PAPER_POLICIES) + [str(p) for p in search.candidates(count, seed)]
+    setup = scoring(str(checkpoint) if found else "", checkpoint.stat().st_mtime if found else 0.0)
+    setup = setup.with_config(privacy_images=images)
+    policies = list(PAPER_POLICIES) + [str(p) for p in search.candidates(count, seed)]
     bar = st.progress(0.0, text="scoring…")
 
     def report(progress: search.SearchProgress) -> None:
@@ -49,9 +41,8 @@ def small_search(path: Path, count: int, images: int, seed: int) -> None:
                      text=f"{progress.stage}: {progress.policy} ({progress.done}/{progress.total})")
 
     with Store.open(path) as store:
-        result = search.run_search(policies, store=store, privacy_model=privacy_model, accuracy_model=accuracy_model,
-                                   data=data.load_dataset("cifar100", "test"), config=config, seed=seed,
-                                   checkpoint_hash=key, callback=report)
+        result = search.run_search(policies, store=store, **setup.inputs(seed), checkpoint_hash=setup.checkpoint_hash,
+                                   callback=report)
     bar.progress(1.0, text=f"scored {result.scored} policies ({result.skipped} already stored) in "
                            f"{result.seconds:.0f} s")
 
@@ -60,7 +51,7 @@ def database_path(source: str) -> Path | None:
     """The database the user chose, or None (with a message) when there is none yet."""
     if source == "path":
         text = st.text_input("Results database", value=st.session_state.get("search_db", "results.db"))
-        return ui.existing_database(text)
+        return existing_database(text)
     if source == "upload":
         file = st.file_uploader("A results .db written by `ats search`", type=None)
         if file is None:
@@ -86,7 +77,7 @@ def database_path(source: str) -> Path | None:
     return path
 
 
-def scatter(rows: list, selection: search.Selection) -> go.Figure:
+def scatter(rows: list, selection: Selection) -> go.Figure:
     figure = go.Figure()
     passed = {r.policy for r in selection.ranked}
     front = {r.policy for r in selection.pareto}
@@ -138,8 +129,8 @@ except ValueError as error:
     st.stop()
 
 threshold = st.number_input("Accuracy threshold on S_acc (the paper: −85 for windows of 100 images)",
-                            value=search.ACCURACY_THRESHOLD, step=5.0)
-selection = search.select(rows, threshold=float(threshold))
+                            value=scores.ACCURACY_THRESHOLD, step=5.0)
+selection = select(rows, threshold=float(threshold))
 m = st.columns(4)
 m[0].metric("policies", selection.candidates)
 m[1].metric("pass the threshold", len(selection.ranked))

@@ -1,9 +1,9 @@
-"""Datasets, the paper's fixed index sets, and the bundled sample photos.
+"""Datasets: CIFAR-100, CIFAR-10 and Fashion-MNIST as `ImageSet`s, and the bundled sample photos.
 
-Gao et al. (CVPR 2021) attack CIFAR-100 test images 0–99, score privacy on test images
-200, 205, …, 695 and accuracy on ten windows of 100 test images from 200 on, each cut to one image
-per label (`reference/ats-method.md` §2.2, §3.2, §5.3). Images are kept as uint8 `(N, 3, H, W)`
-and handed out as float `(B, 3, H, W)` in [0, 1]; normalization is the model's first layer.
+Gao et al. (CVPR 2021) work on CIFAR-100 (and transfer to Fashion-MNIST); which of its test images
+are attacked and scored is `ats.indices`, and reading one image file is `ats.images`. Images are
+kept as uint8 `(N, 3, H, W)` and handed out as float `(B, 3, H, W)` in [0, 1]; normalization is
+the model's first layer (`STATS` holds each training split's mean and std).
 
 Data is looked for in `root`, else `$ATS_DATA_DIR`, else the cache folder (`default_cache_dir()`),
 in three layouts: `.npz` files (`{name}_{split}.npz` or `{name}_{split}_part*.npz`, keys `x`, `y`,
@@ -11,27 +11,23 @@ in three layouts: `.npz` files (`{name}_{split}.npz` or `{name}_{split}_part*.np
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import json
 import os
 import re
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_SIZE = 32
+from ats.images import IMAGE_SIZE, load_image
+from ats.indices import ATTACK_SET
+from ats.runtime import asset_path
+
 SPLITS = ("train", "test")
-MAX_IMAGE_PIXELS = 40_000_000  # decompression-bomb guard for load_image
-MAX_IMAGE_BYTES = 25 * 2**20
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 
 CIFAR100_CLASSES = (
     "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
@@ -68,10 +64,6 @@ _TORCHVISION = {
     "cifar10": ("CIFAR10", "cifar-10-batches-py"),
     "fmnist": ("FashionMNIST", "FashionMNIST/raw"),
 }
-
-ATTACK_SET = tuple(range(100))  # test images attacked in the benchmark (§5.3)
-PRIVACY_SET = tuple(200 + 5 * i for i in range(100))  # S_pri images, CVPR code (§2.2)
-
 
 class DataNotFoundError(ValueError):
     """No copy of a dataset was found in the folders searched, and downloading was not asked for."""
@@ -214,9 +206,8 @@ def _read_torchvision(folder: Path, name: str, split: str, download: bool) -> tu
 
     cls_name, subfolder = _TORCHVISION[name]
     dataset_cls = getattr(torchvision.datasets, cls_name)
-    try:  # torchvision reports progress on stdout; keep stdout clean for `--json`
-        with contextlib.redirect_stdout(sys.stderr):
-            dataset = dataset_cls(root=str(folder), train=split == "train", download=download)
+    try:
+        dataset = dataset_cls(root=str(folder), train=split == "train", download=download)
     except RuntimeError as error:
         raise DataNotFoundError(
             f"{folder / subfolder} looks like torchvision's {name} folder but torchvision could not "
@@ -258,145 +249,10 @@ def _as_images(x: np.ndarray) -> torch.Tensor:
     return images.expand(-1, 3, -1, -1).contiguous()  # (N, 3, 32, 32)
 
 
-def accuracy_windows(runs: int = 10, size: int = 100) -> tuple[tuple[int, ...], ...]:
-    """The S_acc batches of the CVPR code: window r holds test indices 200+size·r … 199+size·(r+1)."""
-    if runs < 1 or size < 1:
-        raise ValueError(f"runs={runs} and size={size} must both be at least 1")
-    return tuple(tuple(range(200 + size * r, 200 + size * (r + 1))) for r in range(runs))
-
-
-def dedupe_by_label(indices: Sequence[int], labels: Sequence[int] | torch.Tensor) -> tuple[int, ...]:
-    """Of `indices`, keep the first image of each distinct label (`labels` indexed by dataset index)."""
-    label_list = torch.as_tensor(labels).tolist()
-    seen: set[int] = set()
-    kept = []
-    for i in indices:
-        if not 0 <= i < len(label_list):
-            raise ValueError(f"index {i} is out of range 0–{len(label_list) - 1}")
-        if label_list[i] not in seen:
-            seen.add(label_list[i])
-            kept.append(int(i))
-    return tuple(kept)
-
-
-def per_class_indices(labels: Sequence[int] | torch.Tensor, k: int,
-                      num_classes: int | None = None) -> tuple[int, ...]:
-    """The first `k` images of each class in dataset order, class by class (HEAD-code S_pri set)."""
-    labels = torch.as_tensor(labels, dtype=torch.int64)
-    num_classes = num_classes or int(labels.max()) + 1
-    counts = torch.bincount(labels, minlength=num_classes)  # (C,)
-    if k < 1 or int(counts.min()) < k:
-        raise ValueError(f"k={k} must lie in 1–{int(counts.min())}, the size of the smallest class")
-    order = torch.argsort(labels, stable=True)  # grouped by class, dataset order within
-    starts = torch.cumsum(counts, 0) - counts  # (C,)
-    return tuple(order[(starts[:, None] + torch.arange(k)).reshape(-1)].tolist())
-
-
-def class_balanced_subset(labels: Sequence[int] | torch.Tensor, fraction: float,
-                          generator: torch.Generator) -> tuple[int, ...]:
-    """A seeded random `fraction` of each class (at least one image each), as sorted indices."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction {fraction} must lie in (0, 1]")
-    labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
-    perm = torch.randperm(len(labels), generator=generator, device=generator.device).cpu()
-    grouped = perm[torch.argsort(labels[perm], stable=True)]  # by class, random within
-    counts = torch.bincount(labels)  # (C,)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(len(labels)) - starts[labels[grouped]]  # position within its class
-    keep = (counts * fraction).round().long().clamp(min=1)  # (C,)
-    return tuple(sorted(grouped[rank < keep[labels[grouped]]].tolist()))
-
-
-def parse_indices(text: str) -> tuple[int, ...]:
-    """"0-4" -> (0, 1, 2, 3, 4); "0,3,7"; "0-4,9". Ranges are inclusive; no repeats."""
-    indices: list[int] = []
-    for part in str(text).replace(" ", "").split(","):
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if match is None:
-            raise ValueError(f"indices {text!r}: {part!r} is not a number or a range like 0-4")
-        first, last = int(match[1]), int(match[2] or match[1])
-        if last < first:
-            raise ValueError(f"indices {text!r}: range {part!r} runs backwards")
-        indices += range(first, last + 1)
-    repeated = sorted({i for i in indices if indices.count(i) > 1})
-    if repeated:
-        raise ValueError(f"indices {text!r} name {repeated[0]} more than once")
-    return tuple(indices)
-
-
-def load_image(source: str | os.PathLike | bytes | BinaryIO, size: int = IMAGE_SIZE) -> torch.Tensor:
-    """Any image PIL reads (path, bytes or file) as float (3, size, size) in [0, 1].
-
-    Grayscale, 16-bit, palette and transparent images become RGB (transparency over white); the
-    image is centre-cropped to a square and resized with an antialiasing filter.
-    """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size {size!r} must be a positive int")
-    label, data = _read_bytes(source)
-    too_big = f"{label} has more pixels than the limit of {MAX_IMAGE_PIXELS // 1_000_000} megapixels"
-    with warnings.catch_warnings():  # PIL's own bomb warning; our limit below is lower
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as error:
-            raise ValueError(too_big) from error
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"{label} is not an image PIL can read ({error})") from error
-    if image.width * image.height > MAX_IMAGE_PIXELS:
-        raise ValueError(f"{too_big} ({image.width}×{image.height})")
-    try:
-        image = ImageOps.exif_transpose(image)
-        image = _to_rgb(image)
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ValueError(f"{label} is not an image PIL can read ({error})") from error
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side))
-    if side != size:
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0  # (3, size, size)
-
-
-def _read_bytes(source: str | os.PathLike | bytes | BinaryIO) -> tuple[str, bytes]:
-    """(a name for messages, the file's bytes), refusing empty and oversized files."""
-    if isinstance(source, (bytes, bytearray)):
-        label, data = "the given bytes", bytes(source)
-    elif isinstance(source, (str, os.PathLike)):
-        path = Path(source).expanduser()
-        label = str(path)
-        if not path.is_file():
-            raise ValueError(f"{label} is not a file")
-        if path.stat().st_size > MAX_IMAGE_BYTES:
-            raise ValueError(f"{label} is larger than the limit of {MAX_IMAGE_BYTES // 2**20} MB")
-        data = path.read_bytes()
-    elif hasattr(source, "read"):
-        label = str(getattr(source, "name", "the uploaded file"))
-        data = source.read(MAX_IMAGE_BYTES + 1)
-    else:
-        raise ValueError(f"cannot read an image from a {type(source).__name__}; give a path, bytes or a file")
-    if not data:
-        raise ValueError(f"{label} is empty")
-    if len(data) > MAX_IMAGE_BYTES:
-        raise ValueError(f"{label} is larger than the limit of {MAX_IMAGE_BYTES // 2**20} MB")
-    return label, data
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB: 16-bit and float grayscale rescaled (PIL would clip them), alpha over white."""
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        scale = 1.0 if image.mode == "F" else 65535.0
-        gray = np.clip(np.asarray(image, dtype=np.float64) / scale, 0.0, 1.0)
-        image = Image.fromarray((gray * 255).round().astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return image.convert("RGB")
-
-
 @functools.lru_cache(maxsize=1)
 def load_samples() -> ImageSet:
-    """The bundled 32×32 photos in `assets/samples/`, labelled with CIFAR-100 classes."""
-    folder = ASSETS_DIR / "samples"
+    """The bundled 32×32 photos in `ats/assets/samples/`, labelled with CIFAR-100 classes."""
+    folder = asset_path("samples")
     names = json.loads((folder / "labels.json").read_text())
     files = sorted(folder.glob("*.png"))
     missing = [f.name for f in files if f.stem not in names or names[f.stem] not in CIFAR100_CLASSES]
@@ -408,16 +264,13 @@ def load_samples() -> ImageSet:
 
 
 def attack_images(n: int, *, root: str | Path | None = None, fallback: bool = True) -> ImageSet:
-    """The attack set's first `n` CIFAR-100 test images (§5.3), or, when no CIFAR-100 copy is found
-    and `fallback`, the first `n` bundled sample photos (a note goes to stderr)."""
+    """The attack set's first `n` CIFAR-100 test images, or, when no CIFAR-100 copy is found and
+    `fallback`, the first `n` bundled sample photos (named "samples"; a `UserWarning` says so)."""
     try:
         return load_dataset("cifar100", "test", root=root).subset(ATTACK_SET[:n])
     except DataNotFoundError as error:
         if not fallback:
             raise
-        import sys
-
-        print(f"note: {str(error).splitlines()[0]}\nnote: using the bundled sample photos instead",
-              file=sys.stderr)
+        warnings.warn(f"{str(error).splitlines()[0]}; using the bundled sample photos instead", stacklevel=2)
         samples = load_samples()
         return samples.subset(range(min(n, len(samples))))

@@ -13,22 +13,26 @@ import torch
 from torch import Tensor
 
 from ats.attacks import Reconstruction
-from ats.federated import SharedUpdate
+from ats.federated import ClientSecrets
 from ats.metrics import image_scores, pair_reconstructions
+
+
+SCORED = ("psnr_x", "psnr_tx", "ssim_x", "ssim_tx")  # the per-image scores that `summarize` aggregates
 
 
 @dataclass(frozen=True)
 class ImageResult:
-    """One attacked image, as `ats attack --json` prints it."""
+    """One attacked image, as `ats attack --json` prints it: "_x" scores compare with the original
+    x, "_tx" scores with the transformed T(x) (the paper's convention)."""
 
     index: int
     label: int
     label_recovered: bool
-    psnr: float  # against the original
-    psnr_transformed: float  # against T(x), the paper's convention
-    ssim: float
-    ssim_transformed: float
-    mse: float
+    psnr_x: float
+    psnr_tx: float
+    ssim_x: float
+    ssim_tx: float
+    mse_x: float
     iterations: int
     status: str
 
@@ -36,11 +40,11 @@ class ImageResult:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
 
 
-def evaluate_reconstruction(recon: Reconstruction, update: SharedUpdate, originals: Tensor,
+def evaluate_reconstruction(recon: Reconstruction, private: ClientSecrets, originals: Tensor,
                             indices: list[int] | tuple[int, ...] | None = None) -> list[ImageResult]:
-    """Score `recon` against `originals` (B, 3, H, W) and the client's transformed images."""
+    """Score `recon` against `originals` (B, 3, H, W) and the client's own T(x) and true labels."""
     originals = originals.detach().cpu().float()
-    transformed = update.transformed.detach().cpu().float()
+    transformed = private.transformed.detach().cpu().float()
     images, labels = recon.images, recon.labels
     joint = len(recon.status) == 1 and images.shape[0] > 1
     if joint:
@@ -49,8 +53,8 @@ def evaluate_reconstruction(recon: Reconstruction, update: SharedUpdate, origina
     scores = image_scores(images, originals, transformed)
     if recon.transformed is not None:  # a policy-aware attack: its own estimate of T(x) against T(x)
         own = image_scores(recon.transformed, originals, transformed)
-        scores.update({k: own[k] for k in ("psnr_transformed", "ssim_transformed", "mse_transformed")})
-    true = update.labels.detach().cpu()
+        scores.update({k: own[k] for k in ("psnr_tx", "ssim_tx", "mse_tx")})
+    true = private.labels.detach().cpu()
     indices = list(indices) if indices is not None else list(range(images.shape[0]))
     results = []
     for i in range(images.shape[0]):
@@ -59,11 +63,11 @@ def evaluate_reconstruction(recon: Reconstruction, update: SharedUpdate, origina
             index=int(indices[i]),
             label=int(true[i]),
             label_recovered=bool(labels[i] == true[i]),
-            psnr=float(scores["psnr"][i]),
-            psnr_transformed=float(scores["psnr_transformed"][i]),
-            ssim=float(scores["ssim"][i]),
-            ssim_transformed=float(scores["ssim_transformed"][i]),
-            mse=float(scores["mse"][i]),
+            psnr_x=float(scores["psnr_x"][i]),
+            psnr_tx=float(scores["psnr_tx"][i]),
+            ssim_x=float(scores["ssim_x"][i]),
+            ssim_tx=float(scores["ssim_tx"][i]),
+            mse_x=float(scores["mse_x"][i]),
             iterations=recon.iteration,
             status=status,
         ))
@@ -71,10 +75,11 @@ def evaluate_reconstruction(recon: Reconstruction, update: SharedUpdate, origina
 
 
 def summarize(results: list[ImageResult]) -> dict[str, float]:
-    """Mean, std and median of the PSNRs, and the label accuracy, over finished images."""
+    """Mean, std and median of the PSNRs and SSIMs over finished images (`psnr_x_mean`, `psnr_tx_std`,
+    `ssim_x_median`, …), and the label accuracy."""
     ok = [r for r in results if r.status == "ok"]
     summary = {"images": len(results), "failed": len(results) - len(ok)}
-    for key in ("psnr", "psnr_transformed", "ssim", "ssim_transformed"):
+    for key in SCORED:
         values = torch.tensor([getattr(r, key) for r in ok], dtype=torch.float64)
         values = values[torch.isfinite(values)]
         if len(values):

@@ -6,6 +6,10 @@ code's "half" loss), and shares it, optionally through a gradient defense (§5.1
 pruning of the smallest entries, or Gaussian / Laplacian noise. Unlike the original, the defense is
 applied to the very gradient the attacker sees.
 
+What leaves the client is typed apart from what stays with it: `client_update` returns a
+`ClientRound` of the `SharedUpdate` a server receives (attacks read only that) and the
+`ClientSecrets` it never sees (T(x), the true labels, the policy), which only evaluation reads.
+
 Label inference from the update follows iDLG (Zhao et al., 2020): with softmax cross-entropy the
 classifier's bias gradient, softmax − onehot, is negative only at the true label.
 """
@@ -16,7 +20,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +28,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from ats.models import last_linear
-
-if TYPE_CHECKING:
-    from ats.policy import Hybrid, Policy
+from ats.policy import Hybrid, Policy, as_policy
 
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "half-ce": lambda logits, y: 0.5 * F.cross_entropy(logits, y),  # the original code's loss
@@ -36,32 +38,49 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 @dataclass(frozen=True)
 class SharedUpdate:
-    """What a client sends: its (defended) gradient, plus bookkeeping for evaluation.
+    """What a server receives from a client: its (defended) gradient and what the server knows.
 
     `gradients` follow `model.named_parameters()` order (`names`); with `per_example` each has a
     leading batch dimension (B, *param.shape), one gradient per image as if each were its own client.
-
-    `transformed` holds the client's transformed images T(x), (B, 3, H, W). It is kept ONLY to
-    score reconstructions (the paper's PSNR is against T(x)). An attacker must NEVER read it:
-    attacks may use `gradients`, `names`, `batch_size`, `per_example`, `loss`, and `labels` only
-    where the threat model says labels leak.
+    `image_shape` (C, H, W) is the model's input shape, which the server knows. `labels` (B,) are
+    there only when the threat model says labels leak (`client_update(share_labels=True)`), else None.
     """
 
     gradients: tuple[Tensor, ...]
     names: tuple[str, ...]
-    labels: Tensor  # (B,)
     batch_size: int
     per_example: bool
-    policy: str
-    defense: str
     loss: str
-    transformed: Tensor  # (B, 3, H, W) evaluation only
-    crop_flip: bool = False  # whether a random crop and flip came before the policy
+    defense: str
+    image_shape: tuple[int, int, int]
+    labels: Tensor | None  # (B,) leaked labels, or None
 
     def to(self, device: torch.device | str) -> SharedUpdate:
         """The same update with every tensor on `device`."""
-        return replace(self, gradients=tuple(g.to(device) for g in self.gradients),
-                       labels=self.labels.to(device), transformed=self.transformed.to(device))
+        labels = None if self.labels is None else self.labels.to(device)
+        return replace(self, gradients=tuple(g.to(device) for g in self.gradients), labels=labels)
+
+
+@dataclass(frozen=True)
+class ClientSecrets:
+    """What never leaves the client: kept only to score reconstructions (`ats.evaluation`).
+
+    `transformed` holds T(x), (B, 3, H, W), which the paper's PSNR is measured against; `labels`
+    the true labels (B,); `policy` and `crop_flip` the transform that made T(x). A policy-aware
+    attacker is told the policy separately, as its threat model says (`ats.attacks.reconstruct`).
+    """
+
+    labels: Tensor  # (B,)
+    transformed: Tensor  # (B, 3, H, W)
+    policy: Policy | Hybrid
+    crop_flip: bool  # whether a random crop and flip came before the policy
+
+
+class ClientRound(NamedTuple):
+    """One client step: `shared, private = client_update(...)`."""
+
+    shared: SharedUpdate
+    private: ClientSecrets
 
 
 def loss_gradients(model: nn.Module, x: Tensor, y: Tensor, *, loss: str = "half-ce",
@@ -180,45 +199,43 @@ def parse_defense(text: str | Defense | None) -> Defense:
 
 # --- the client -----------------------------------------------------------------------------------
 
-def client_update(model: nn.Module, x: Tensor, y: Tensor, policy: Policy | Hybrid | str | None = None,
-                  defense: Defense | str | None = None, *, generator: torch.Generator | None = None,
-                  loss: str = "half-ce", crop_flip: bool | None = None, per_example: bool = False) -> SharedUpdate:
-    """What a client shares after one step on images `x` (B, 3, H, W) in [0, 1] with labels `y` (B,).
+def client_update(model: nn.Module, x: Tensor, y: Tensor, policy: Policy | Hybrid | str = Policy.none(),
+                  defense: Defense | str | None = None, *, crop_flip: bool = False,
+                  generator: torch.Generator | None = None, loss: str = "half-ce", per_example: bool = False,
+                  share_labels: bool = True) -> ClientRound:
+    """One step of a client on images `x` (B, 3, H, W) in [0, 1] with labels `y` (B,).
 
-    `policy` is an `ats.policy.Policy`/`Hybrid`, its string ("3-1-7"), or None (no transform at
-    all). `crop_flip` (random crop, pad 4, then horizontal flip, before the policy) defaults to
-    True with a policy and False without: the paper's "aug" and "normal" modes. The model is used
-    in its current mode (callers put it in eval()). Randomness comes only from `generator`.
+    `policy` is an `ats.policy.Policy`/`Hybrid` or its string ("3-1-7"), `Policy.none()` (the
+    default) for none. `crop_flip` puts a random crop (pad 4) and horizontal flip before the policy
+    (with a policy: the original's "aug" mode); with neither, the client shares the gradient of x
+    itself ("normal" mode). `share_labels=False` keeps the labels off the shared update. The model
+    is used in its current mode (callers put it in eval()). Randomness comes only from `generator`.
     """
     if x.dim() != 4 or y.shape != (x.shape[0],):
         raise ValueError(f"images must be (B, C, H, W) with labels (B,), got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise ValueError(f"images must lie in [0, 1], got values in [{float(x.min()):.3g}, {float(x.max()):.3g}]")
-    crop_flip = policy is not None if crop_flip is None else crop_flip
-    if isinstance(policy, str) or (policy is None and crop_flip):
-        from ats.policy import parse_policy
-        policy = parse_policy("none" if policy is None else policy)
+    policy = as_policy(policy)
     defense = parse_defense(defense)
     transformed = x
-    if policy is not None:
+    if crop_flip or policy != Policy.none():
         if generator is None:
             raise ValueError("transforming images draws random numbers: pass a torch.Generator")
         transformed = policy.transform(x, generator, crop_flip=crop_flip)  # (B, 3, H, W)
     transformed = transformed.detach()
     gradients = loss_gradients(model, transformed, y, loss=loss, per_example=per_example)
     gradients = defense.apply(gradients, generator, per_example=per_example)
-    return SharedUpdate(
+    shared = SharedUpdate(
         gradients=tuple(g.detach() for g in gradients),
         names=tuple(name for name, _ in model.named_parameters()),
-        labels=y.detach(),
         batch_size=x.shape[0],
         per_example=per_example,
-        policy=str(policy) if policy is not None else "none",
-        defense=str(defense),
         loss=loss,
-        transformed=transformed,
-        crop_flip=bool(crop_flip),
+        defense=str(defense),
+        image_shape=tuple(x.shape[1:]),
+        labels=y.detach() if share_labels else None,
     )
+    return ClientRound(shared, ClientSecrets(y.detach(), transformed, policy, bool(crop_flip)))
 
 
 def infer_labels(update: SharedUpdate, model: nn.Module) -> Tensor:

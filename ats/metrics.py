@@ -72,14 +72,14 @@ def pair_reconstructions(recon: Tensor, originals: Tensor) -> Tensor:
 def image_scores(recon: Tensor, original: Tensor, transformed: Tensor) -> dict[str, Tensor]:
     """PSNR, SSIM and MSE of `recon` against the original x and against T(x), each (B,) on the CPU.
 
-    "psnr", "ssim" and "mse" compare with the original; the "_transformed" keys with T(x).
+    Every key says what it compares with: "_x" the original x, "_tx" the transformed T(x).
     """
     recon, original, transformed = (t.detach().cpu().float() for t in (recon, original, transformed))
     return {
-        "psnr": psnr(recon, original),
-        "psnr_transformed": psnr(recon, transformed),
-        "ssim": ssim(recon, original),
-        "ssim_transformed": ssim(recon, transformed),
-        "mse": mse(recon, original),
-        "mse_transformed": mse(recon, transformed),
+        "psnr_x": psnr(recon, original),
+        "psnr_tx": psnr(recon, transformed),
+        "ssim_x": ssim(recon, original),
+        "ssim_tx": ssim(recon, transformed),
+        "mse_x": mse(recon, original),
+        "mse_tx": mse(recon, transformed),
     }

@@ -1,4 +1,4 @@
-"""The shared models of the ATS benchmark, and safe checkpoints.
+"""The shared models of the ATS benchmark (checkpoints of them: `ats.checkpoints`).
 
 Gao et al. (CVPR 2021, §5) attack and train inversefed's models (Geiping et al., NeurIPS 2020):
 
@@ -14,19 +14,12 @@ Every model is an `nn.Sequential` whose first layer is `Normalize`, so models ta
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-
-CHECKPOINT_FORMAT = "ats-checkpoint/1"
 
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -193,92 +186,26 @@ def last_linear(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
+def num_classes(model: nn.Module) -> int:
+    """How many classes the model predicts: the width of its final `nn.Linear`."""
+    return last_linear(model).out_features
+
+
+def input_stats(model: nn.Module) -> tuple[Tensor, Tensor]:
+    """The mean and std of the model's `Normalize` layer, detached, (1, C, 1, 1) each.
+
+    0 and 1, (1, 1, 1, 1) on the model's device, for a model without one. The layer is found by
+    its class name, so a model built before `ats.models` was reloaded (a Streamlit rerun) counts.
+    """
+    for module in model.modules():
+        if type(module).__name__ == "Normalize":
+            return module.mean.detach(), module.std.detach()
+    parameter = next(model.parameters())
+    return parameter.new_zeros(1, 1, 1, 1), parameter.new_ones(1, 1, 1, 1)
+
+
 def describe_model(model: nn.Module) -> str:
     """One line: architecture, parameter count, parameter tensors."""
     parameters = list(model.parameters())
     count = sum(p.numel() for p in parameters)
     return f"{getattr(model, 'arch', type(model).__name__)}: {count:,} parameters in {len(parameters)} tensors"
-
-
-# --- checkpoints -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ModelMeta:
-    """What a checkpoint declares about its model; enough to rebuild it."""
-
-    arch: str
-    dataset: str
-    num_classes: int
-    normalization: str
-    policy: str = "none"
-    epochs: int = 0
-    accuracy: float | None = None
-    recipe: str = ""
-    seed: int | None = None
-    extra: dict = field(default_factory=dict)
-
-
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta) -> Path:
-    """Write `model`'s weights and `meta` to `path` atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "meta": asdict(meta),
-        "state_dict": {name: value.detach().cpu() for name, value in model.state_dict().items()},
-    }
-    return atomic_save(payload, path)
-
-
-def atomic_save(payload: dict, path: str | os.PathLike) -> Path:
-    """`torch.save(payload)` to `path` through a temporary file and a rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike, *, device: torch.device | str = "cpu",
-                    expect_arch: str | None = None) -> tuple[nn.Module, ModelMeta]:
-    """Rebuild the model saved at `path` (tensors only, `weights_only=True`) on `device`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, weights_only=True, map_location=device)
-    except Exception as error:  # torch raises many kinds for corrupt, truncated or foreign files
-        raise ValueError(f"checkpoint {path} is not a readable torch file (corrupt or truncated?): {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        bare = isinstance(payload, dict) and payload and all(isinstance(v, Tensor) for v in payload.values())
-        hint = ("it looks like a bare state_dict, which does not say which model it belongs to; "
-                "save it with ats.models.save_checkpoint") if bare else f"its format is not {CHECKPOINT_FORMAT!r}"
-        raise ValueError(f"{path} is not an ats checkpoint: {hint}")
-    known = {f.name for f in fields(ModelMeta)}
-    raw = payload.get("meta")
-    if not isinstance(raw, dict) or not {"arch", "dataset", "num_classes", "normalization"} <= set(raw) or set(raw) - known:
-        raise ValueError(f"checkpoint {path} has malformed metadata: {raw!r}")
-    meta = ModelMeta(**raw)
-    if expect_arch is not None and meta.arch != expect_arch:
-        raise ValueError(f"checkpoint {path} holds a {meta.arch!r} model, expected {expect_arch!r}")
-    try:
-        model = build_model(meta.arch, meta.num_classes, dataset=meta.dataset, normalization=meta.normalization)
-        model.load_state_dict(payload["state_dict"])
-    except (ValueError, RuntimeError, KeyError, TypeError) as error:
-        raise ValueError(f"checkpoint {path}: its weights do not fit a {meta.arch!r} model: {error}") from error
-    return model.to(device), meta
-
-
-def checkpoint_hash(path: str | os.PathLike) -> str:
-    """The first 16 hex digits of the file's sha256: a stable key for results computed with it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]

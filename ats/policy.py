@@ -1,7 +1,7 @@
 """Transformation policies of Automatic Transformation Search: `Policy`, `Hybrid`, the client pipeline.
 
 Gao et al., "Privacy-preserving Collaborative Learning with Automatic Transformation Search"
-(CVPR 2021), §4.4: a policy is a short sequence of entries of the 50-op pool (`ats.ops.POOL`),
+(CVPR 2021), §4.4: a policy is a short sequence of entries of the 50-op pool (`ats.pool.POOL`),
 written "3-1-7" and applied left to right; a hybrid "3-1-7+43-18-18" draws one of its policies
 uniformly for each image. The client transforms each private image by random crop (pad 4),
 horizontal flip, then the policy, before computing its gradient (`transform`).
@@ -17,7 +17,8 @@ from typing import Iterable, Sequence
 
 import torch
 
-from ats.ops import POOL, OpSpec, apply_op, check_images, check_semantics, describe, op_spec, random_crop_flip
+from ats.ops import apply_op, check_images, check_semantics, random_crop_flip
+from ats.pool import POOL, OpSpec, describe, op_spec
 
 _LAST = len(POOL) - 1
 _DASHES = {"\u2212": "Unicode minus '−' (U+2212)", "\u2013": "en dash '–' (U+2013)",
@@ -27,12 +28,21 @@ _SYNTAX = "write pool indices 0–49 joined by '-' (e.g. '3-1-7'), hybrids joine
 
 @dataclass(frozen=True)
 class Policy:
-    """Pool entries applied in order to every image; `Policy(())` is no policy ("none")."""
+    """Pool entries applied in order to every image; `Policy.none()` is no policy ("none").
+
+    Whether a random crop and flip come first is not part of the policy: it is the separate
+    `crop_flip` flag of `transform`, `ats.federated.client_update` and `ats.recipes.TrainRecipe`.
+    """
 
     indices: tuple[int, ...]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "indices", tuple(op_spec(i).index for i in self.indices))
+
+    @classmethod
+    def none(cls) -> Policy:
+        """No policy, written "none": the only spelling of "no transformation" in `ats`."""
+        return cls(())
 
     @classmethod
     def of(cls, indices: Iterable[int]) -> Policy:
@@ -124,7 +134,7 @@ class Hybrid:
 def _parse_part(part: str, text: str) -> Policy:
     """One '-'-joined policy of `text`; `part` is already stripped and non-empty."""
     if part.lower() == "none":
-        return Policy(())
+        return Policy.none()
     indices = []
     for position, token in enumerate(part.split("-"), start=1):
         token = token.strip()
@@ -158,6 +168,16 @@ def parse_policy(text: str) -> Policy | Hybrid:
     return policies[0] if len(policies) == 1 else Hybrid(tuple(policies))
 
 
+def as_policy(policy: Policy | Hybrid | str) -> Policy | Hybrid:
+    """`policy` itself, or its string parsed (`parse_policy`); anything else is a ValueError."""
+    if isinstance(policy, str):
+        return parse_policy(policy)
+    if not isinstance(policy, (Policy, Hybrid)):
+        hint = "; no policy is Policy.none() or 'none'" if policy is None else ""
+        raise ValueError(f"policy must be a Policy, Hybrid or policy string, got {type(policy).__name__}{hint}")
+    return policy
+
+
 def random_policy(generator: torch.Generator, max_ops: int = 3) -> Policy:
     """A policy of 1..max_ops indices drawn uniformly from the pool (repeats allowed, as the original)."""
     if isinstance(max_ops, bool) or not isinstance(max_ops, int) or max_ops < 1:
@@ -167,18 +187,16 @@ def random_policy(generator: torch.Generator, max_ops: int = 3) -> Policy:
     return Policy(tuple(int(i) for i in indices.tolist()))
 
 
-def transform(x: torch.Tensor, policy: Policy | Hybrid | str | None, generator: torch.Generator, *,
+def transform(x: torch.Tensor, policy: Policy | Hybrid | str, generator: torch.Generator, *,
               crop_flip: bool = True, semantics: str = "ats") -> torch.Tensor:
-    """The client's pipeline: random crop (pad 4) → horizontal flip → policy (None: no policy).
+    """The client's pipeline: random crop (pad 4) → horizontal flip (if `crop_flip`) → policy.
 
-    x: (B, 3, H, W) in [0, 1] -> (B, 3, H, W); a string policy is parsed with `parse_policy`.
+    x: (B, 3, H, W) in [0, 1] -> (B, 3, H, W); a string policy is parsed with `parse_policy`, and
+    `Policy.none()` applies nothing after the crop and flip.
     """
     check_semantics(semantics)
     check_images(x, generator)
-    if isinstance(policy, str):
-        policy = parse_policy(policy)
+    policy = as_policy(policy)
     if crop_flip:
         x = random_crop_flip(x, generator)
-    if policy is not None:
-        x = policy.apply(x, generator, semantics)
-    return x
+    return policy.apply(x, generator, semantics)

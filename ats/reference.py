@@ -10,7 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ats.attacks import AttackConfig, _input_stats, lr_milestones, total_variation
+from ats.attacks import AttackConfig
+from ats.models import input_stats
+from ats.objective import total_variation
+from ats.optim import lr_milestones
 
 
 def invert_gradient_sequential(model: nn.Module, target: tuple[Tensor, ...], label: Tensor, init: Tensor,
@@ -24,7 +27,7 @@ def invert_gradient_sequential(model: nn.Module, target: tuple[Tensor, ...], lab
         raise ValueError("the sequential reference covers Adam and SGD with known labels")
     model.eval()
     device = init.device
-    mean, std = _input_stats(model, device)
+    mean, std = (t.to(device) for t in input_stats(model))  # (1, C, 1, 1)
     params = [p for p in model.parameters()]
     x = init.detach().clone().requires_grad_(True)
     if config.optimizer == "adam":
@@ -70,7 +73,7 @@ if TYPE_CHECKING:
     from ats.scores import PrivacyScore, ScoreConfig
 
 
-def privacy_score_sequential(model: nn.Module, policy: Policy | Hybrid | str | None, x: Tensor, y: Tensor, *,
+def privacy_score_sequential(model: nn.Module, policy: Policy | Hybrid | str, x: Tensor, y: Tensor, *,
                              generator: torch.Generator, config: ScoreConfig | None = None) -> PrivacyScore:
     """S_pri as the original computes it: per image, one `torch.autograd.grad` per path point.
 
@@ -79,11 +82,12 @@ def privacy_score_sequential(model: nn.Module, policy: Policy | Hybrid | str | N
     `F.cosine_similarity` per parameter tensor, the mean over tensors, and the trapezoid area.
     """
     from ats.federated import LOSSES
-    from ats.scores import PrivacyScore, ScoreConfig, _as_policy, _check_batch, privacy_inputs
+    from ats.policy import as_policy
+    from ats.scores import PrivacyScore, ScoreConfig, _check_batch, privacy_inputs
 
     config = config or ScoreConfig()
     _check_batch(x, y)
-    policy = _as_policy(policy)
+    policy = as_policy(policy)
     images, starts = privacy_inputs(policy, x, generator, semantics=config.semantics)
     criterion = LOSSES[config.loss]
     params = list(model.parameters())

@@ -1,8 +1,8 @@
 """The two search scores of Automatic Transformation Search: privacy S_pri and accuracy S_acc.
 
 Gao et al., "Privacy-preserving Collaborative Learning with Automatic Transformation Search"
-(CVPR 2021), §4.2–4.3, as the code behind the paper computes them (`reference/ats-method.md` §2.2,
-§3.2, §8 items 9–10):
+(CVPR 2021), §4.2–4.3, as the code behind the paper computes them (`docs/method.md` §5.2 and §6.2,
+and bugs 9–10 of its §9):
 
 * S_pri (lower = more private), on a briefly trained model in eval mode: for each score image,
   T(x) is the client's view (crop, flip, policy) and z a uniform-noise image; along the straight
@@ -35,12 +35,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from ats.data import ASSETS_DIR, PRIVACY_SET, ImageSet, accuracy_windows, dedupe_by_label, per_class_indices
+from ats.data import ImageSet
+from ats.indices import PRIVACY_SET, accuracy_windows, dedupe_by_label, per_class_indices
 from ats.federated import LOSSES
-from ats.models import Normalize, build_model
+from ats.models import build_model, input_stats
 from ats.ops import SEMANTICS, check_images
-from ats.policy import Hybrid, Policy, parse_policy, transform
-from ats.runtime import make_generator
+from ats.policy import Hybrid, Policy, as_policy, transform
+from ats.runtime import asset_path, make_generator
 
 ACCURACY_THRESHOLD = -85.0  # the original's S_acc threshold (CIFAR-100, windows of 100)
 EPSILON = 1e-5  # Mellor et al.'s ε in log(λ + ε) + 1/(λ + ε)
@@ -54,11 +55,11 @@ class ScoreConfig:
 
     name: str = "laptop"
     arch: str = "resnet20"  # the S_acc model (the S_pri model comes from its checkpoint)
-    privacy_images: int = 100  # the first n of data.PRIVACY_SET (200, 205, ..., 695)
+    privacy_images: int = 100  # the first n of indices.PRIVACY_SET (200, 205, ..., 695)
     points: int = 21  # K + 1 points on the straight path, K = 20 bins
     variant: str = "cvpr"  # "cvpr" (fixed images) | "per-class" (per_class images of each class; HEAD code)
     per_class: int = 5
-    accuracy_runs: int = 10  # windows of data.accuracy_windows()
+    accuracy_runs: int = 10  # windows of indices.accuracy_windows()
     accuracy_window: int = 100
     loss: str = "half-ce"
     semantics: str = "ats"
@@ -142,16 +143,6 @@ class AccuracyScore:
 
 # --- helpers -------------------------------------------------------------------------------------
 
-def _as_policy(policy: Policy | Hybrid | str | None) -> Policy | Hybrid:
-    if policy is None:
-        return Policy(())
-    if isinstance(policy, str):
-        return parse_policy(policy)
-    if not isinstance(policy, (Policy, Hybrid)):
-        raise ValueError(f"policy must be a Policy, Hybrid, policy string or None, got {type(policy).__name__}")
-    return policy
-
-
 def _streams(generator: torch.Generator, n: int) -> list[torch.Generator]:
     """`n` independent generators seeded from `generator` (a fixed number of draws from it)."""
     seeds = torch.randint(0, 2**62, (n,), generator=generator, device=generator.device).tolist()
@@ -182,13 +173,14 @@ def _check_batch(x: Tensor, y: Tensor) -> None:
 
 def _client_view(x: Tensor, policy: Policy | Hybrid, crops: torch.Generator, signs: torch.Generator,
                  semantics: str) -> Tensor:
-    """Crop and flip from `crops`, then the policy with signs from `signs`: (B, 3, H, W)."""
-    return policy.apply(transform(x, None, crops), signs, semantics)
+    """Crop and flip from `crops` (always, as the original scores), then the policy with signs
+    from `signs`: (B, 3, H, W)."""
+    return policy.apply(transform(x, Policy.none(), crops, crop_flip=True), signs, semantics)
 
 
 # --- S_pri ---------------------------------------------------------------------------------------
 
-def privacy_inputs(policy: Policy | Hybrid | str | None, x: Tensor, generator: torch.Generator, *,
+def privacy_inputs(policy: Policy | Hybrid | str, x: Tensor, generator: torch.Generator, *,
                    semantics: str = "ats") -> tuple[Tensor, Tensor]:
     """The transformed images T(x) and the uniform-noise starts z, both (N, 3, H, W) in [0, 1].
 
@@ -197,7 +189,7 @@ def privacy_inputs(policy: Policy | Hybrid | str | None, x: Tensor, generator: t
     drawn in float32 and cast to `x.dtype`, so float32 and float64 runs start from the same z.
     """
     crops, signs, noise = _streams(generator, 3)
-    images = _client_view(x, _as_policy(policy), crops, signs, semantics)
+    images = _client_view(x, as_policy(policy), crops, signs, semantics)
     starts = torch.rand(x.shape, generator=noise, device=noise.device, dtype=torch.float32).to(x.dtype)
     return images, starts
 
@@ -246,7 +238,7 @@ def trapezoid_area(curves: Tensor) -> Tensor:
     return (curves[:, :-1] + curves[:, 1:]).sum(1) / (2 * (curves.shape[1] - 1))
 
 
-def privacy_score(model: nn.Module, policy: Policy | Hybrid | str | None, x: Tensor, y: Tensor, *,
+def privacy_score(model: nn.Module, policy: Policy | Hybrid | str, x: Tensor, y: Tensor, *,
                   generator: torch.Generator, config: ScoreConfig | None = None) -> PrivacyScore:
     """S_pri of `policy` on images `x` (N, 3, H, W) in [0, 1] with labels `y` (N,); lower = more private.
 
@@ -254,7 +246,7 @@ def privacy_score(model: nn.Module, policy: Policy | Hybrid | str | None, x: Ten
     """
     config = config or ScoreConfig()
     _check_batch(x, y)
-    policy = _as_policy(policy)
+    policy = as_policy(policy)
     images, starts = privacy_inputs(policy, x, generator, semantics=config.semantics)
     with _eval_mode(model):
         curves = similarity_curves(model, images, starts, y, points=config.points, loss=config.loss,
@@ -265,21 +257,12 @@ def privacy_score(model: nn.Module, policy: Policy | Hybrid | str | None, x: Ten
 
 # --- S_acc ---------------------------------------------------------------------------------------
 
-def _input_stats(model: nn.Module) -> tuple[Tensor, Tensor]:
-    """The mean and std of the model's Normalize layer, (1, C, 1, 1) each (0 and 1 without one)."""
-    for module in model.modules():
-        if isinstance(module, Normalize):
-            return module.mean.detach(), module.std.detach()
-    parameter = next(model.parameters())
-    return parameter.new_zeros(1, 1, 1, 1), parameter.new_ones(1, 1, 1, 1)
-
-
 def input_jacobian(model: nn.Module, x: Tensor) -> Tensor:
     """Rows ∇_z Σ_c f_c(x_n) w.r.t. the normalized input z = (x − μ)/σ: (N, C·H·W).
 
     One backward of the logits summed over the batch; rows are per-image only in eval mode.
     """
-    mean, std = (t.to(x.device, x.dtype) for t in _input_stats(model))
+    mean, std = (t.to(x.device, x.dtype) for t in input_stats(model))
     z = ((x - mean) / std).detach().requires_grad_(True)  # (N, C, H, W)
     (jacobian,) = torch.autograd.grad(model(z * std + mean).sum(), z)
     return jacobian.reshape(len(x), -1)
@@ -294,7 +277,7 @@ def jacobian_score(jacobian: Tensor) -> float:
     return float(-(torch.log(eigenvalues + EPSILON) + 1 / (eigenvalues + EPSILON)).sum())
 
 
-def accuracy_inputs(policy: Policy | Hybrid | str | None, windows: Sequence[tuple[Tensor, Tensor]],
+def accuracy_inputs(policy: Policy | Hybrid | str, windows: Sequence[tuple[Tensor, Tensor]],
                     generator: torch.Generator, *, semantics: str = "ats") -> list[Tensor]:
     """Each window transformed whole, then cut to the first image of each label: (N_r, 3, H, W) each.
 
@@ -303,7 +286,7 @@ def accuracy_inputs(policy: Policy | Hybrid | str | None, windows: Sequence[tupl
     """
     if not windows:
         raise ValueError("no accuracy windows given; pass one or more (images, labels) pairs")
-    policy = _as_policy(policy)
+    policy = as_policy(policy)
     crops, signs = _streams(generator, 2)
     views = []
     for x, y in windows:
@@ -313,11 +296,11 @@ def accuracy_inputs(policy: Policy | Hybrid | str | None, windows: Sequence[tupl
     return views
 
 
-def accuracy_score(model: nn.Module, policy: Policy | Hybrid | str | None, windows: list[tuple[Tensor, Tensor]], *,
+def accuracy_score(model: nn.Module, policy: Policy | Hybrid | str, windows: list[tuple[Tensor, Tensor]], *,
                    generator: torch.Generator, config: ScoreConfig | None = None) -> AccuracyScore:
     """S_acc of `policy` on `windows` of (images, labels) with a random-init `model` (eval mode); higher = better."""
     config = config or ScoreConfig()
-    policy = _as_policy(policy)
+    policy = as_policy(policy)
     views = accuracy_inputs(policy, windows, generator, semantics=config.semantics)
     with _eval_mode(model):
         per_run = torch.tensor([jacobian_score(input_jacobian(model, v)) for v in views], dtype=torch.float64)
@@ -344,14 +327,14 @@ def privacy_indices(data: ImageSet, config: ScoreConfig) -> tuple[int, ...]:
     return PRIVACY_SET[:config.privacy_images]
 
 
-def score_policy(policy: Policy | Hybrid | str | None, *, privacy_model: nn.Module, accuracy_model: nn.Module,
+def score_policy(policy: Policy | Hybrid | str, *, privacy_model: nn.Module, accuracy_model: nn.Module,
                  data: ImageSet, config: ScoreConfig, seed: int) -> tuple[PrivacyScore, AccuracyScore]:
     """S_pri and S_acc of `policy` on the CIFAR-100 test ImageSet `data`, images picked per `config`.
 
     Each score gets a generator seeded with `seed` on its model's device, so the same seed gives
     every policy the same crops, flips and noise starts.
     """
-    policy = _as_policy(policy)
+    policy = as_policy(policy)
     device = _device_of(privacy_model)
     x, y = data.batch(privacy_indices(data, config), device)
     privacy = privacy_score(privacy_model, policy, x, y, generator=make_generator(seed, device), config=config)
@@ -362,5 +345,5 @@ def score_policy(policy: Policy | Hybrid | str | None, *, privacy_model: nn.Modu
 
 
 def default_score_checkpoint() -> Path:
-    """The shipped tiny-data S_pri model: <repo>/assets/models/tiny-cifar100-resnet20.pt."""
-    return ASSETS_DIR / "models" / "tiny-cifar100-resnet20.pt"
+    """The shipped tiny-data S_pri model: ats/assets/models/tiny-cifar100-resnet20.pt."""
+    return asset_path("models", "tiny-cifar100-resnet20.pt")

@@ -103,8 +103,9 @@ class ScoreRow:
 class BenchmarkRow:
     """One benchmark cell: a policy × defense × attack on one model, over `images` attacked images.
 
-    `summary` holds the aggregates (psnr_mean, psnr_original_mean, accuracy, …), `per_image` each
-    image's numbers; `study` says which part of the protocol it belongs to (table, aware, correlation).
+    `summary` holds the aggregates (psnr_tx_mean, psnr_x_mean, accuracy, …), `per_image` each
+    image's numbers (psnr_x, psnr_tx, …; "_x" against the original x, "_tx" against T(x)); `study`
+    says which part of the protocol it belongs to (table, aware, correlation).
     """
 
     study: str
@@ -253,17 +254,43 @@ class Store:
         return [Group(*values) for values in rows]
 
 
+def existing_database(path: str | Path) -> Path:
+    """`path` when it names an existing file (opening a missing one would create an empty database)."""
+    path = Path(str(path).strip()).expanduser()
+    if not str(path).strip() or str(path) == ".":
+        raise ValueError("no database path given; write the path of a results .db file")
+    if not path.is_file():
+        raise ValueError(f"results database {path} does not exist; give the path of a file written by `ats search`")
+    return path
+
+
 def _row(values: Sequence) -> ScoreRow:
     policy, definition, checkpoint, seed, privacy, accuracy, normalized, per_image, images, seconds, created = values
     return ScoreRow(policy, definition, checkpoint, int(seed), _float(privacy), _float(accuracy), _float(normalized),
                     tuple(_float(v) for v in json.loads(per_image)), int(images), float(seconds), created)
 
 
+# The metric names of rows written before every name said what it compares with ("_x": the original
+# x, "_tx": T(x)); `_benchmark_row` renames them on read, so old databases still load.
+LEGACY_SUMMARY_KEYS = {"psnr_mean": "psnr_tx_mean", "psnr_std": "psnr_tx_std", "psnr_original_mean": "psnr_x_mean",
+                       "psnr_original_std": "psnr_x_std", "ssim_mean": "ssim_tx_mean",
+                       "ssim_original_mean": "ssim_x_mean"}
+LEGACY_IMAGE_KEYS = {"psnr": "psnr_x", "psnr_transformed": "psnr_tx", "ssim": "ssim_x", "ssim_transformed": "ssim_tx",
+                     "mse": "mse_x"}
+
+
+def rename_legacy(values: dict, legacy: dict[str, str]) -> dict:
+    """`values` with each key of `legacy` renamed to its current name (a current key already there wins)."""
+    return {legacy.get(k, k): v for k, v in values.items() if k not in legacy or legacy[k] not in values}
+
+
 def _benchmark_row(values: Sequence) -> BenchmarkRow:
     *key, summary, per_image, seconds, created = values
     study, policy, defense, attack, checkpoint, images, iterations, seed = key
     return BenchmarkRow(study, policy, defense, attack, checkpoint, int(images), int(iterations), int(seed),
-                        json.loads(summary), tuple(json.loads(per_image)), float(seconds), created)
+                        rename_legacy(json.loads(summary), LEGACY_SUMMARY_KEYS),
+                        tuple(rename_legacy(d, LEGACY_IMAGE_KEYS) for d in json.loads(per_image)),
+                        float(seconds), created)
 
 
 def _prepare(db: sqlite3.Connection, path: Path) -> None:

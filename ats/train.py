@@ -1,23 +1,25 @@
-"""Training recipes: the benchmark's models and the tiny-data model M_s behind S_pri.
+"""Training: the benchmark's models and the tiny-data model M_s behind S_pri (recipes: `ats.recipes`).
 
 Gao et al. (CVPR 2021, §5.2) train with inversefed's "conservative" strategy: SGD with Nesterov
 momentum 0.9, lr 0.1, weight decay 5e-4, batch 128, `MultiStepLR` ×0.1 at `epochs // 2.667`,
 `// 1.6`, `// 1.142` (74, 124, 175 for 200 epochs), stepped once per epoch, loss 0.5·CE, each
-image randomly cropped (pad 4), flipped, then transformed by the policy (`reference/ats-method.md`
-§5.2). The privacy score S_pri runs on a "semi-trained" model trained on 10 % of the training set
-for 50 epochs (§2.1); the original never said how the 10 % was drawn and loaded a file named
-`100.pth` (§2.2, §8 item 1), so `TrainRecipe.tiny` draws a seeded class-balanced 10 % and trains
-the paper's 50 epochs (pass `epochs=100` through `dataclasses.replace` for the file name's reading).
+image randomly cropped (pad 4), flipped, then transformed by the policy. The privacy score S_pri
+runs on a "semi-trained" model trained on 10 % of the training set for 50 epochs (paper §4.4); the
+original never said how the 10 % was drawn and loaded a file named `100.pth` (see `docs/method.md`),
+so `TrainRecipe.tiny` draws a seeded class-balanced 10 % and trains the paper's 50 epochs (pass
+`epochs=100` through `dataclasses.replace` for the file name's reading).
 
 Augmentation runs batched on the training device (`ats.policy.transform`), randomness comes from
 generators seeded by `seed`, and after every epoch the whole training state is written next to the
-output, so an interrupted run resumes (`resume=True`) and ends with the same weights.
+output, so an interrupted run resumes (`resume=True`) and ends with the same weights. `train` is
+restore (`_restore`), then per epoch one pass (`_train_epoch`) and its end (`_end_epoch`: evaluate,
+save the state), then the checkpoint (`_finish`).
 """
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -25,90 +27,15 @@ import torch
 from torch import nn
 
 from ats import data as data_module
-from ats import models
+from ats import checkpoints, models
 from ats.federated import LOSSES as LOSS_FUNCTIONS
-from ats.ops import check_semantics
-from ats.policy import Hybrid, Policy, parse_policy, transform
+from ats.indices import class_balanced_subset
+from ats.policy import Hybrid, Policy, as_policy, transform
+from ats.recipes import TrainRecipe
 from ats.runtime import make_generator
 
-LOSSES = tuple(LOSS_FUNCTIONS)  # the loss names federated.py defines
 STATE_FORMAT = "ats-train-state/1"
 NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "fmnist": 10}
-
-
-@dataclass(frozen=True)
-class TrainRecipe:
-    """How to train a model; presets are classmethods, overrides go through `dataclasses.replace`."""
-
-    name: str
-    arch: str = "resnet20"
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    milestones: tuple[float, ...] = (2.667, 1.6, 1.142)  # lr ×gamma at epochs // m for each m
-    gamma: float = 0.1
-    loss: str = "half-ce"  # inversefed's 0.5·CE; "ce" for plain cross-entropy
-    data_fraction: float = 1.0  # a seeded class-balanced share of the train split
-    crop_flip: bool = True
-    semantics: str = "ats"
-    eval_every: int = 0  # evaluate on the test set every N epochs (0: only at the end)
-    eval_images: int | None = None  # evaluate on the first N test images (None: all)
-    normalization: str | None = None  # None: the dataset's own statistics; "cifar10" as the original
-
-    @classmethod
-    def paper(cls) -> TrainRecipe:
-        """The benchmark's recipe (§5.2): ResNet20-4, full train set, 200 epochs (GPU hours)."""
-        return cls(name="paper", arch="resnet20-4", epochs=200, eval_every=10)
-
-    @classmethod
-    def laptop(cls) -> TrainRecipe:
-        """The paper's optimizer and schedule shape on ResNet20 (width 16), 10 epochs, full train set."""
-        return cls(name="laptop", arch="resnet20", epochs=10, eval_every=5)
-
-    @classmethod
-    def tiny(cls) -> TrainRecipe:
-        """M_s for S_pri: a seeded class-balanced 10 % of the train set, 50 epochs (paper §4.4), ResNet20."""
-        return cls(name="tiny", arch="resnet20", epochs=50, data_fraction=0.1)
-
-    @classmethod
-    def tiny_paper(cls) -> TrainRecipe:
-        """`tiny` on the paper's ResNet20-4."""
-        return cls(name="tiny-paper", arch="resnet20-4", epochs=50, data_fraction=0.1)
-
-    @classmethod
-    def smoke(cls) -> TrainRecipe:
-        """For tests: two images a class of CIFAR-100 (200), 2 epochs, evaluated on 200 test images."""
-        return cls(name="smoke", arch="resnet20", epochs=2, batch_size=50, data_fraction=0.004, eval_every=1,
-                   eval_images=200)
-
-    @classmethod
-    def preset(cls, name: str) -> TrainRecipe:
-        """The preset called `name` (paper, laptop, tiny, tiny-paper, smoke)."""
-        presets = {"paper": cls.paper, "laptop": cls.laptop, "tiny": cls.tiny,
-                   "tiny-paper": cls.tiny_paper, "smoke": cls.smoke}
-        if name not in presets:
-            raise ValueError(f"recipe {name!r} is not one of {', '.join(presets)}")
-        return presets[name]()
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs={self.epochs} and batch_size={self.batch_size} must be at least 1")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss {self.loss!r} is not one of {', '.join(LOSSES)}")
-        if not 0.0 < self.data_fraction <= 1.0:
-            raise ValueError(f"data_fraction {self.data_fraction} must lie in (0, 1]")
-        if self.eval_images is not None and self.eval_images < 1:
-            raise ValueError(f"eval_images={self.eval_images} must be at least 1 (or None for all)")
-        if self.lr <= 0 or self.eval_every < 0:
-            raise ValueError(f"lr={self.lr} must be positive and eval_every={self.eval_every} not negative")
-        check_semantics(self.semantics)
-
-    def milestone_epochs(self) -> list[int]:
-        """The epochs after which the lr drops: [74, 124, 175] for 200 epochs, as the original computes."""
-        return [int(self.epochs // m) for m in self.milestones]
 
 
 @dataclass(frozen=True)
@@ -129,7 +56,7 @@ class TrainResult:
     """What `train` made: the checkpoint, its accuracy, and per-epoch curves."""
 
     checkpoint: Path
-    meta: models.ModelMeta
+    meta: checkpoints.ModelMeta
     accuracy: float | None
     epochs: int
     seconds: float  # training time over all runs, resumed ones included
@@ -165,11 +92,11 @@ def training_subset(recipe: TrainRecipe, data: data_module.ImageSet, seed: int) 
     """The images `recipe` trains on: all of `data`, or its seeded class-balanced `data_fraction`."""
     if recipe.data_fraction >= 1.0:
         return data
-    indices = data_module.class_balanced_subset(data.labels, recipe.data_fraction, make_generator(seed))
+    indices = class_balanced_subset(data.labels, recipe.data_fraction, make_generator(seed))
     return data.subset(indices)
 
 
-def train(recipe: TrainRecipe, *, policy: Policy | Hybrid | str | None = None,
+def train(recipe: TrainRecipe, *, policy: Policy | Hybrid | str = Policy.none(),
           data: data_module.ImageSet, test: data_module.ImageSet | None = None,
           out: str | os.PathLike, seed: int = 0, device: torch.device | str = "cpu",
           callback: Callable[[TrainProgress], None] | None = None, resume: bool = False,
@@ -184,94 +111,164 @@ def train(recipe: TrainRecipe, *, policy: Policy | Hybrid | str | None = None,
     run departs from its recipe, say) is kept in the checkpoint's `ModelMeta.extra`.
     """
     device = torch.device(device)
-    if isinstance(policy, str):
-        policy = parse_policy(policy)
-    if policy is not None and str(policy) == "none":
-        policy = None
+    policy, test = _checked_inputs(recipe, policy, data, test)
+    out = Path(out)
+    subset = training_subset(recipe, data, seed)
+    run = _Run.start(recipe, subset, policy, seed, device)
+    if resume and state_path(out).is_file():
+        _restore(run, state_path(out))
+    resumed_from, started = run.epoch, time.perf_counter()
+    batches = -(-len(subset) // recipe.batch_size)
+    for epoch in range(resumed_from + 1, recipe.epochs + 1):
+        report = _reporter(callback, epoch, recipe.epochs, batches, started)
+        epoch_started = time.perf_counter()
+        total, last_loss = _train_epoch(run, recipe, policy, report)
+        accuracy = _end_epoch(run, recipe, test, float(total) / len(subset), epoch_started, state_path(out))
+        report(batches, last_loss, accuracy)  # the epoch's last batch, once its state is saved
+    return _finish(run, recipe, policy, test, out, keep_state, note, resumed_from)
+
+
+def _reporter(callback: Callable[[TrainProgress], None] | None, epoch: int, epochs: int, batches: int,
+              started: float) -> Callable[..., None]:
+    """`report(batch, loss, accuracy=None)`, handing `callback` a `TrainProgress` (a no-op without one)."""
+    def report(batch: int, loss: torch.Tensor, accuracy: float | None = None) -> None:
+        if callback is not None:  # loss.item() waits for the device: only when someone listens
+            callback(TrainProgress(epoch, epochs, batch, batches, loss.item(), accuracy, time.perf_counter() - started))
+    return report
+
+
+def _checked_inputs(recipe: TrainRecipe, policy: Policy | Hybrid | str, data: data_module.ImageSet,
+                    test: data_module.ImageSet | None) -> tuple[Policy | Hybrid, data_module.ImageSet | None]:
+    """The parsed policy and the test images to evaluate on, or a ValueError."""
+    policy = as_policy(policy)
     if data.name not in NUM_CLASSES:
         raise ValueError(f"cannot train on {data.name!r}; use one of {', '.join(NUM_CLASSES)}")
     if test is not None and (test.name != data.name or len(test) == 0):
         raise ValueError(f"the test set {test!r} must be a non-empty {data.name!r} set")
     if test is not None and recipe.eval_images is not None:
         test = test.subset(range(min(recipe.eval_images, len(test))))
-    out = Path(out)
-    subset = training_subset(recipe, data, seed)
-    images = subset.images.to(device)  # (N, 3, H, W) uint8, kept on the device
-    labels = subset.labels.to(device)
-    batches = -(-len(subset) // recipe.batch_size)
-    model = models.build_model(recipe.arch, NUM_CLASSES[data.name], dataset=data.name,
-                               normalization=recipe.normalization, seed=seed).to(device)
-    memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
-    model = model.to(memory_format=memory_format)  # about 1.5× faster convolutions on a 2-core CPU
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, recipe.milestone_epochs(), recipe.gamma)
-    order_generator = make_generator(seed + 1)  # shuffling, on the CPU
-    augment_generator = make_generator(seed + 2, device)  # crop, flip and policy, on the device
-    identity = {"recipe": asdict(recipe), "policy": str(policy or "none"), "seed": seed,
-                "dataset": data.name, "images": len(subset)}
-    start, seconds, epoch_losses, accuracies = 0, 0.0, [], []
-    if resume and state_path(out).is_file():
-        state = torch.load(state_path(out), weights_only=True, map_location="cpu")
-        if state.get("format") != STATE_FORMAT or state.get("identity") != identity:
-            raise ValueError(f"{state_path(out)} belongs to a different training run; "
-                             "remove it or train without --resume")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        order_generator.set_state(state["order_generator"])
-        augment_generator.set_state(state["augment_generator"].cpu())
-        start, seconds = int(state["epoch"]), float(state["seconds"])
-        epoch_losses = [float(v) for v in state["epoch_losses"]]
-        accuracies = [(int(e), float(a)) for e, a in state["accuracies"]]
+    return policy, test
+
+
+@dataclass
+class _Run:
+    """One training run in progress: its images on the device, the model, optimizer, scheduler,
+    generators, the identity a saved state must match, and the curves of the epochs done so far."""
+
+    subset: data_module.ImageSet
+    device: torch.device
+    images: torch.Tensor  # (N, 3, H, W) uint8, on `device`
+    labels: torch.Tensor  # (N,)
+    model: nn.Module
+    memory_format: torch.memory_format
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.MultiStepLR
+    order_generator: torch.Generator  # shuffling, on the CPU
+    augment_generator: torch.Generator  # crop, flip and policy, on the device
+    identity: dict
+    epoch: int = 0  # epochs finished
+    seconds: float = 0.0  # training time of those epochs, over all calls
+    epoch_losses: list[float] = field(default_factory=list)
+    accuracies: list[tuple[int, float]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, recipe: TrainRecipe, subset: data_module.ImageSet, policy: Policy | Hybrid,
+              seed: int, device: torch.device) -> _Run:
+        """A fresh run: the seeded model, its optimizer and scheduler, the seeded generators."""
+        model = models.build_model(recipe.arch, NUM_CLASSES[subset.name], dataset=subset.name,
+                                   normalization=recipe.normalization, seed=seed).to(device)
+        memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+        model = model.to(memory_format=memory_format)  # about 1.5× faster convolutions on a 2-core CPU
+        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                    nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, recipe.milestone_epochs(), recipe.gamma)
+        identity = {"recipe": asdict(recipe), "policy": str(policy), "seed": seed,
+                    "dataset": subset.name, "images": len(subset)}
+        return cls(subset, device, subset.images.to(device), subset.labels.to(device), model, memory_format,
+                   optimizer, scheduler, make_generator(seed + 1), make_generator(seed + 2, device), identity)
+
+    def state(self) -> dict:
+        """The resumable training state, as saved after every epoch (format `STATE_FORMAT`)."""
+        return {
+            "format": STATE_FORMAT, "identity": self.identity, "epoch": self.epoch, "seconds": self.seconds,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "order_generator": self.order_generator.get_state(),
+            "augment_generator": self.augment_generator.get_state(),
+            "epoch_losses": self.epoch_losses, "accuracies": self.accuracies,
+        }
+
+
+def _restore(run: _Run, path: Path) -> None:
+    """Load the state saved at `path` into `run`, or a ValueError if another run saved it."""
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    if state.get("format") != STATE_FORMAT or state.get("identity") != run.identity:
+        raise ValueError(f"{path} belongs to a different training run; remove it or train without --resume")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.order_generator.set_state(state["order_generator"])
+    run.augment_generator.set_state(state["augment_generator"].cpu())
+    run.epoch, run.seconds = int(state["epoch"]), float(state["seconds"])
+    run.epoch_losses = [float(v) for v in state["epoch_losses"]]
+    run.accuracies = [(int(e), float(a)) for e, a in state["accuracies"]]
+
+
+def _train_epoch(run: _Run, recipe: TrainRecipe, policy: Policy | Hybrid,
+                 report: Callable[[int, torch.Tensor], None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One shuffled pass over `run`'s images, augmented on the device; `report(batch, loss)` after
+    each batch but the last. Returns the summed loss (each batch's mean × its size) and the last loss."""
+    run.model.train()
+    order = torch.randperm(len(run.images), generator=run.order_generator).to(run.device)
+    total = torch.zeros((), device=run.device)
+    batches = -(-len(run.images) // recipe.batch_size)
     loss_fn = LOSS_FUNCTIONS[recipe.loss]
-    started = time.perf_counter()
-    for epoch in range(start + 1, recipe.epochs + 1):
-        epoch_started = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(subset), generator=order_generator).to(device)
-        total = torch.zeros((), device=device)
-        for batch in range(1, batches + 1):
-            index = order[(batch - 1) * recipe.batch_size: batch * recipe.batch_size]
-            x = images[index].float() / 255.0  # (B, 3, H, W)
-            x = transform(x, policy, augment_generator, crop_flip=recipe.crop_flip, semantics=recipe.semantics)
-            x = x.contiguous(memory_format=memory_format)
-            loss = loss_fn(model(x), labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(index)
-            accuracy = None
-            if batch == batches:
-                scheduler.step()
-                epoch_losses.append(float(total) / len(subset))
-                due = recipe.eval_every and epoch % recipe.eval_every == 0
-                if test is not None and (due or epoch == recipe.epochs):
-                    accuracy = evaluate(model, test, device=device)
-                    accuracies.append((epoch, accuracy))
-                seconds += time.perf_counter() - epoch_started
-                models.atomic_save({
-                    "format": STATE_FORMAT, "identity": identity, "epoch": epoch, "seconds": seconds,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "order_generator": order_generator.get_state(),
-                    "augment_generator": augment_generator.get_state(),
-                    "epoch_losses": epoch_losses, "accuracies": accuracies,
-                }, state_path(out))
-            if callback is not None:
-                callback(TrainProgress(epoch, recipe.epochs, batch, batches, loss.item(), accuracy,
-                                       time.perf_counter() - started))
+    for batch in range(1, batches + 1):
+        index = order[(batch - 1) * recipe.batch_size: batch * recipe.batch_size]
+        x = run.images[index].float() / 255.0  # (B, 3, H, W)
+        x = transform(x, policy, run.augment_generator, crop_flip=recipe.crop_flip, semantics=recipe.semantics)
+        loss = loss_fn(run.model(x.contiguous(memory_format=run.memory_format)), run.labels[index])
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        total += loss.detach() * len(index)
+        if batch < batches:
+            report(batch, loss)
+    return total, loss
+
+
+def _end_epoch(run: _Run, recipe: TrainRecipe, test: data_module.ImageSet | None, epoch_loss: float,
+               epoch_started: float, path: Path) -> float | None:
+    """Close epoch `run.epoch + 1`: step the lr, record its loss, evaluate when due, save the state
+    to `path`. Returns the test accuracy, or None when this epoch is not evaluated."""
+    run.epoch += 1
+    run.scheduler.step()
+    run.epoch_losses.append(epoch_loss)
+    accuracy = None
+    due = recipe.eval_every and run.epoch % recipe.eval_every == 0
+    if test is not None and (due or run.epoch == recipe.epochs):
+        accuracy = evaluate(run.model, test, device=run.device)
+        run.accuracies.append((run.epoch, accuracy))
+    run.seconds += time.perf_counter() - epoch_started
+    checkpoints.atomic_save(run.state(), path)
+    return accuracy
+
+
+def _finish(run: _Run, recipe: TrainRecipe, policy: Policy | Hybrid, test: data_module.ImageSet | None,
+            out: Path, keep_state: bool, note: str, resumed_from: int) -> TrainResult:
+    """Save the trained model to `out` with its `ModelMeta`, drop the state unless `keep_state`."""
+    accuracies, device, name = run.accuracies, run.device, run.subset.name
     final_accuracy = accuracies[-1][1] if accuracies and accuracies[-1][0] == recipe.epochs else None
     if test is not None and final_accuracy is None:  # resumed from a finished state
-        final_accuracy = evaluate(model, test, device=device)
-    meta = models.ModelMeta(
-        arch=recipe.arch, dataset=data.name, num_classes=NUM_CLASSES[data.name],
-        normalization=recipe.normalization or data.name, policy=str(policy or "none"),
-        epochs=recipe.epochs, accuracy=final_accuracy, recipe=recipe.name, seed=seed,
+        final_accuracy = evaluate(run.model, test, device=device)
+    meta = checkpoints.ModelMeta(
+        arch=recipe.arch, dataset=name, num_classes=NUM_CLASSES[name],
+        normalization=recipe.normalization or name, policy=str(policy),
+        epochs=recipe.epochs, accuracy=final_accuracy, recipe=recipe.name, seed=run.identity["seed"],
         extra={"recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(recipe).items()},
-               "train_images": len(subset), "seconds": round(seconds, 1), "device": str(device),
+               "train_images": len(run.subset), "seconds": round(run.seconds, 1), "device": str(device),
                "torch": str(torch.__version__), **({"note": note} if note else {})})
-    models.save_checkpoint(out, model, meta)
+    checkpoints.save_checkpoint(out, run.model, meta)
     if not keep_state:
         state_path(out).unlink(missing_ok=True)
-    return TrainResult(out, meta, final_accuracy, recipe.epochs, seconds, tuple(epoch_losses),
-                       tuple(accuracies), str(device), start)
+    return TrainResult(out, meta, final_accuracy, recipe.epochs, run.seconds, tuple(run.epoch_losses),
+                       tuple(accuracies), str(device), resumed_from)

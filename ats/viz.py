@@ -1,10 +1,20 @@
-"""Image grids and plot helpers. Heavy plotting libraries are imported lazily, inside functions."""
+"""Showing images: grids (tensors, PNGs, matplotlib), display arrays, and the gallery of the ATS ops.
+
+The gallery shows each of the 50 transformations that Gao et al. (CVPR 2021) build policies from
+(the pool is `ats.ops`) on one image. Only `show_grid` draws (with matplotlib, imported lazily,
+inside the function); the rest returns tensors and arrays for a notebook or the app to show.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from ats.ops import apply_op
+from ats.pool import POOL, describe
+from ats.runtime import make_generator
 
 
 def image_grid(rows: list[Tensor], *, scale: int = 3, padding: int = 2) -> Tensor:
@@ -58,3 +68,22 @@ def show_grid(rows: list[Tensor], *, labels: list[str] | None = None, title: str
     if title:
         ax.set_title(title)
     return ax
+
+
+def to_display(images: Tensor, scale: int = 4) -> list[np.ndarray]:
+    """(B, 3, H, W) in [0, 1] -> B uint8 (H·scale, W·scale, 3) arrays, pixels kept sharp (nearest)."""
+    images = images.detach().float().cpu().nan_to_num(0.5).clamp(0, 1)
+    if scale > 1:
+        images = images.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
+    return [(img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for img in images]
+
+
+def op_label(index: int) -> str:
+    """"3 · translateX ±14.5 px": an op's index and what it does."""
+    return f"{index} · {describe(index)}"
+
+
+def op_gallery(image: Tensor, seed: int = 0) -> Tensor:
+    """Every pool op applied to one image (3, H, W) in [0, 1]: (50, 3, H, W), one call per op."""
+    batch = image.detach().float().cpu().reshape(1, *image.shape[-3:])  # (1, 3, H, W)
+    return torch.cat([apply_op(batch, i, make_generator(seed)) for i in range(len(POOL))])

@@ -37,7 +37,7 @@ def main() -> None:
     model = models.build_model(args.model, 100, seed=args.seed).to(device).eval()
     x, y = data.load_dataset("cifar100", "test").batch(list(range(args.images)))
     x, y = x.to(device), y.to(device)
-    update = client_update(model, x, y, per_example=True)
+    update = client_update(model, x, y, per_example=True).shared
     config = replace(attacks.AttackConfig.ig(), iterations=args.iterations, restarts=args.restarts)
     n = args.images * args.restarts
     init = torch.randn(n, 3, 32, 32, generator=make_generator(args.seed, device), device=device)
@@ -80,9 +80,9 @@ def main() -> None:
         "seconds_batched": round(t_batched, 3),
         "seconds_sequential": round(t_sequential, 3),
         "speedup": round(t_sequential / t_batched, 2),
-        "psnr_batched_mean": round(float(p_batched.mean()), 3),
-        "psnr_sequential_mean": round(float(p_sequential.mean()), 3),
-        "max_abs_psnr_difference": round(float((p_batched - p_sequential).abs().max()), 4),
+        "psnr_x_batched_mean": round(float(p_batched.mean()), 3),
+        "psnr_x_sequential_mean": round(float(p_sequential.mean()), 3),
+        "max_abs_psnr_x_difference": round(float((p_batched - p_sequential).abs().max()), 4),
         "max_abs_pixel_difference": round(float((batched.images - sequential).abs().max()), 5),
         "unsigned_5_steps_max_abs_pixel_difference": float(f"{float((strict.images - strict_seq).abs().max()):.2e}"),
     }

@@ -15,14 +15,14 @@ import argparse
 import json
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ats import data, models, scores
+from ats import indices, scores
 from ats.reference import privacy_score_sequential
 from ats.runtime import describe_device, make_generator, pick_device
+from ats.scoring import ScoringSetup
 
 
 def original_accuracy(model: torch.nn.Module, views: list[torch.Tensor]) -> list[float]:
@@ -51,16 +51,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    config = replace(scores.ScoreConfig.laptop(), arch=args.arch, privacy_images=args.images)
-    path = Path(args.checkpoint) if args.checkpoint else scores.default_score_checkpoint()
-    if args.checkpoint or (path.is_file() and args.arch == "resnet20"):
-        model, _ = models.load_checkpoint(path, device=device, expect_arch=args.arch)
-        source = str(path)
-    else:
-        model, source = models.build_model(args.arch, seed=args.seed).to(device), "untrained"
-    model.eval()
-    test = data.load_dataset("cifar100", "test")
-    x, y = test.batch(data.PRIVACY_SET[:args.images], device)
+    shipped = scores.default_score_checkpoint().is_file() and args.arch == "resnet20"
+    setup = ScoringSetup.load("laptop", checkpoint=args.checkpoint, arch=args.arch, device=device, seed=args.seed,
+                              untrained=not (args.checkpoint or shipped), privacy_images=args.images)
+    config, model, acc_model, test = setup.config, setup.privacy_model, setup.accuracy_model, setup.data
+    source = str(setup.checkpoint) if setup.checkpoint else "untrained"
+    x, y = test.batch(indices.PRIVACY_SET[:args.images], device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def timed(function, *a, **k):
@@ -81,8 +77,7 @@ def main() -> None:
     sequential, t_sequential = timed(privacy_score_sequential, model, args.policy, x, y,
                                      generator=make_generator(args.seed, device), config=config)
 
-    acc_model = scores.accuracy_model(config, args.seed).to(device)
-    windows = [test.batch(w, device) for w in data.accuracy_windows(config.accuracy_runs, config.accuracy_window)]
+    windows = [test.batch(w, device) for w in indices.accuracy_windows(config.accuracy_runs, config.accuracy_window)]
     accuracy, t_acc = timed(scores.accuracy_score, acc_model, args.policy, windows,
                             generator=make_generator(args.seed, device), config=config)
     views = scores.accuracy_inputs(args.policy, windows, make_generator(args.seed, device), semantics=config.semantics)

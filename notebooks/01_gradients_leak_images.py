@@ -31,7 +31,7 @@ from dataclasses import replace
 
 import matplotlib.pyplot as plt
 
-from ats import attacks, data, federated, models, viz
+from ats import attacks, checkpoints, data, federated, models, viz
 from ats.evaluation import evaluate_reconstruction, summarize
 from ats.runtime import describe_device, make_generator, pick_device, preset_name
 
@@ -50,7 +50,8 @@ print(f"preset {PRESET}: {IMAGES} images, {ITERATIONS} iterations, on {describe_
 images = data.attack_images(IMAGES)
 x, y = images.batch(range(len(images)), device)
 model = models.build_model("lenet", 100, seed=0).to(device).eval()
-update = federated.client_update(model, x, y, per_example=True)  # one gradient per image, as if each were a client
+# what the client shares (update) and what stays with it (T(x), the true labels, the policy), kept to score
+update, private = federated.client_update(model, x, y, per_example=True)  # one gradient per image, as if each were a client
 print(models.describe_model(model))
 print("shared tensors:", [tuple(g.shape[1:]) for g in update.gradients])
 viz.show_grid([x.cpu()], labels=["private x"], title=", ".join(images.classes[int(c)] for c in y));
@@ -76,9 +77,9 @@ plt.title("image 0: gradient of the last bias, per class"); plt.legend(); plt.sh
 # %%
 idlg = replace(attacks.AttackConfig.idlg(), iterations=ITERATIONS)
 recon = attacks.reconstruct(model, update, idlg, generator=make_generator(1, device))
-results = evaluate_reconstruction(recon, update, x)
+results = evaluate_reconstruction(recon, private, x)
 print(summarize(results))
-print(f"{recon.seconds:.1f} s; per-image PSNR:", [round(r.psnr, 1) for r in results])
+print(f"{recon.seconds:.1f} s; per-image PSNR:", [round(r.psnr_x, 1) for r in results])
 viz.show_grid([x.cpu(), recon.images], labels=["private x", "iDLG"]);
 
 # %% [markdown]
@@ -88,7 +89,7 @@ viz.show_grid([x.cpu(), recon.images], labels=["private x", "iDLG"]);
 # %%
 dlg = replace(attacks.AttackConfig.dlg(), iterations=ITERATIONS)
 recon_dlg = attacks.reconstruct(model, update, dlg, generator=make_generator(1, device))
-results_dlg = evaluate_reconstruction(recon_dlg, update, x)
+results_dlg = evaluate_reconstruction(recon_dlg, private, x)
 print(summarize(results_dlg))
 print("labels recovered:", [r.label_recovered for r in results_dlg])
 viz.show_grid([x.cpu(), recon.images, recon_dlg.images], labels=["private x", "iDLG", "DLG"]);
@@ -107,16 +108,16 @@ viz.show_grid([x.cpu(), recon.images, recon_dlg.images], labels=["private x", "i
 from ats.scores import default_score_checkpoint
 
 short = replace(idlg, iterations=max(1, ITERATIONS // 10))
-trained, meta = models.load_checkpoint(default_score_checkpoint(), device=device)
+trained, meta = checkpoints.load_checkpoint(default_score_checkpoint(), device=device)
 victims = {"LeNet (untrained)": model, "ResNet20 (untrained)": models.build_model("resnet20", 100, seed=0).to(device),
            f"ResNet20 (trained {meta.epochs} epochs on 10 %)": trained}
 rows, names = [x[:1].cpu()], ["x"]
 for name, victim in victims.items():
     victim.eval()
-    u = federated.client_update(victim, x[:1], y[:1], per_example=True)
+    u, kept = federated.client_update(victim, x[:1], y[:1], per_example=True)
     r = attacks.reconstruct(victim, u, short, generator=make_generator(1, device))
-    res = evaluate_reconstruction(r, u, x[:1])[0]
-    print(f"{name:>38}: PSNR {res.psnr:5.1f} dB, label {'recovered' if res.label_recovered else 'wrong'}, "
+    res = evaluate_reconstruction(r, kept, x[:1])[0]
+    print(f"{name:>38}: PSNR {res.psnr_x:5.1f} dB, label {'recovered' if res.label_recovered else 'wrong'}, "
           f"{short.iterations} iterations in {r.seconds:.1f} s")
     rows.append(r.images); names.append(name)
 viz.show_grid(rows, labels=names);

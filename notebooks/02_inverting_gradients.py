@@ -27,7 +27,7 @@
 # %%
 from dataclasses import replace
 
-from ats import attacks, data, federated, models, viz
+from ats import attacks, checkpoints, data, federated, models, viz
 from ats.evaluation import evaluate_reconstruction, summarize
 from ats.runtime import describe_device, make_generator, pick_device, preset_name
 from ats.scores import default_score_checkpoint
@@ -41,7 +41,7 @@ print(f"preset {PRESET}: {IMAGES} images, {ITERATIONS} iterations, on {describe_
 images = data.attack_images(IMAGES)
 x, y = images.batch(range(len(images)), device)
 untrained = models.build_model("resnet20", 100, seed=0).to(device).eval()
-update = federated.client_update(untrained, x, y, per_example=True)
+update, private = federated.client_update(untrained, x, y, per_example=True)  # what is shared, what stays
 ig = replace(attacks.AttackConfig.ig(), iterations=ITERATIONS)
 print(ig)
 
@@ -56,7 +56,7 @@ for snap in attacks.iter_reconstruct(untrained, update, ig, generator=make_gener
     frames.append(snap)
     print(f"iteration {snap.iteration:5d}  cost {snap.loss.mean():.4f}  {snap.seconds:6.1f} s")
 viz.show_grid([x.cpu()] + [f.images for f in frames], labels=["x"] + [f"it {f.iteration}" for f in frames]);
-print(summarize(evaluate_reconstruction(frames[-1], update, x)))
+print(summarize(evaluate_reconstruction(frames[-1], private, x)))
 
 # %% [markdown]
 # ## Restarts and the TV prior
@@ -73,8 +73,8 @@ variants = {
 rows, names = [x.cpu()], ["x"]
 for name, config in variants.items():
     recon = attacks.reconstruct(untrained, update, config, generator=make_generator(1, device))
-    s = summarize(evaluate_reconstruction(recon, update, x))
-    print(f"{name:>22}: PSNR {s.get('psnr_mean', float('nan')):5.2f} dB, SSIM {s.get('ssim_mean', float('nan')):.3f}, "
+    s = summarize(evaluate_reconstruction(recon, private, x))
+    print(f"{name:>22}: PSNR {s.get('psnr_x_mean', float('nan')):5.2f} dB, SSIM {s.get('ssim_x_mean', float('nan')):.3f}, "
           f"{recon.seconds:5.1f} s")
     rows.append(recon.images); names.append(name)
 viz.show_grid(rows, labels=names);
@@ -85,15 +85,15 @@ viz.show_grid(rows, labels=names);
 # on 10 % of CIFAR-100, the one behind the privacy score) as a stand-in for a trained network.
 
 # %%
-trained, meta = models.load_checkpoint(default_score_checkpoint(), device=device)
+trained, meta = checkpoints.load_checkpoint(default_score_checkpoint(), device=device)
 trained.eval()
 print(f"{meta.arch}, trained {meta.epochs} epochs by recipe {meta.recipe!r}, test accuracy {meta.accuracy:.1%}")
-update_t = federated.client_update(trained, x, y, per_example=True)
+update_t, private_t = federated.client_update(trained, x, y, per_example=True)
 recon_t = attacks.reconstruct(trained, update_t, ig, generator=make_generator(1, device))
 recon_u = frames[-1]
-for name, r, u in (("untrained", recon_u, update), ("trained", recon_t, update_t)):
-    s = summarize(evaluate_reconstruction(r, u, x))
-    print(f"{name:>9}: PSNR {s.get('psnr_mean', float('nan')):5.2f} dB, SSIM {s.get('ssim_mean', float('nan')):.3f}")
+for name, r, p in (("untrained", recon_u, private), ("trained", recon_t, private_t)):
+    s = summarize(evaluate_reconstruction(r, p, x))
+    print(f"{name:>9}: PSNR {s.get('psnr_x_mean', float('nan')):5.2f} dB, SSIM {s.get('ssim_x_mean', float('nan')):.3f}")
 viz.show_grid([x.cpu(), recon_u.images, recon_t.images], labels=["x", "untrained", "trained"]);
 
 # %% [markdown]

@@ -29,9 +29,9 @@ import matplotlib.pyplot as plt
 from dataclasses import replace
 from IPython.display import display
 
-from ats import attacks, data, federated, models, ui, viz
+from ats import attacks, data, federated, models, viz
 from ats.evaluation import evaluate_reconstruction, summarize
-from ats.ops import POOL
+from ats.pool import POOL
 from ats.policy import parse_policy
 from ats.runtime import make_generator, pick_device, preset_name
 
@@ -48,7 +48,7 @@ x, y = images.batch(range(len(images)), device)
 # draw a random sign per image.
 
 # %%
-gallery = ui.op_gallery(x[0].cpu())  # (50, 3, 32, 32)
+gallery = viz.op_gallery(x[0].cpu())  # (50, 3, 32, 32)
 viz.show_grid([gallery[i:i + 10] for i in range(0, 50, 10)],
               labels=[f"ops {i}–{i + 9}" for i in range(0, 50, 10)], scale=2);
 
@@ -100,13 +100,13 @@ viz.show_grid(rows, labels=names);
 model = models.build_model("lenet", 100, seed=0).to(device).eval()
 config = replace(attacks.AttackConfig.idlg(), iterations=ITERATIONS)
 rows, names, table = [x.cpu()], ["x"], []
-for text in ("none", "3-1-7", "43-18-18"):
-    update = federated.client_update(model, x, y, None if text == "none" else text,
-                                     generator=make_generator(0, device), per_example=True)
+for text, crop_flip in (("none", False), ("3-1-7", True), ("43-18-18", True)):  # as the original: x, or crop+flip+policy
+    update, private = federated.client_update(model, x, y, text, crop_flip=crop_flip,
+                                              generator=make_generator(0, device), per_example=True)
     recon = attacks.reconstruct(model, update, config, generator=make_generator(1, device))
-    s = summarize(evaluate_reconstruction(recon, update, x))
-    table.append((text, s["psnr_transformed_mean"], s["psnr_mean"]))
-    rows += [update.transformed.cpu(), recon.images]; names += [f"T(x) {text}", f"recon. {text}"]
+    s = summarize(evaluate_reconstruction(recon, private, x))
+    table.append((text, s["psnr_tx_mean"], s["psnr_x_mean"]))
+    rows += [private.transformed.cpu(), recon.images]; names += [f"T(x) {text}", f"recon. {text}"]
 print(f"{'policy':>10} {'PSNR vs T(x)':>13} {'PSNR vs x':>10}")
 for text, vs_t, vs_x in table:
     print(f"{text:>10} {vs_t:13.2f} {vs_x:10.2f}")

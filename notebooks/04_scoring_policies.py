@@ -32,7 +32,7 @@
 import matplotlib.pyplot as plt
 import torch
 
-from ats import data, models, scores, ui
+from ats import checkpoints, data, scores, search
 from ats.runtime import pick_device, preset_name
 
 PRESET = preset_name()
@@ -40,7 +40,7 @@ config = {"smoke": scores.ScoreConfig.smoke(), "laptop": scores.ScoreConfig.lapt
           "paper": scores.ScoreConfig.laptop()}[PRESET]  # the shipped model is a ResNet20: laptop definition
 device = pick_device()
 test = data.load_dataset("cifar100", "test")
-privacy_model, meta = models.load_checkpoint(scores.default_score_checkpoint(), device=device)
+privacy_model, meta = checkpoints.load_checkpoint(scores.default_score_checkpoint(), device=device)
 accuracy_model = scores.accuracy_model(config, seed=0).to(device)
 print(f"S_pri model: {meta.arch}, {meta.extra.get('train_images')} training images, {meta.epochs} epochs; "
       f"{config.privacy_images} privacy images, {config.accuracy_runs} accuracy windows")
@@ -49,7 +49,7 @@ print(f"S_pri model: {meta.arch}, {meta.extra.get('train_images')} training imag
 # ## The paper's policies, no policy, and random ones
 
 # %%
-policies = ui.reference_policies(random=3, seed=0)  # none, the paper's three, three seeded random ones
+policies = search.reference_policies(random=3, seed=0)  # none, the paper's three, three seeded random ones
 results = {}
 for policy in policies:
     privacy, accuracy = scores.score_policy(policy, privacy_model=privacy_model, accuracy_model=accuracy_model,

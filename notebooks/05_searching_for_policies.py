@@ -28,8 +28,9 @@
 # %%
 import matplotlib.pyplot as plt
 
-from ats import data, models, scores, search
+from ats import checkpoints, data, scores, search
 from ats.runtime import pick_device, preset_name
+from ats.selection import select
 from ats.store import Store
 
 PRESET = preset_name()
@@ -38,7 +39,7 @@ config = scores.ScoreConfig.smoke() if PRESET == "smoke" else scores.ScoreConfig
 device = pick_device()
 test = data.load_dataset("cifar100", "test")
 checkpoint = scores.default_score_checkpoint()
-privacy_model, _ = models.load_checkpoint(checkpoint, device=device)
+privacy_model, _ = checkpoints.load_checkpoint(checkpoint, device=device)
 accuracy_model = scores.accuracy_model(config, seed=0).to(device)
 candidates = search.candidates(CANDIDATES, seed=0)
 print(f"{len(candidates)} candidates, e.g. {', '.join(map(str, candidates[:6]))}")
@@ -47,14 +48,14 @@ print(f"{len(candidates)} candidates, e.g. {', '.join(map(str, candidates[:6]))}
 db = f"notebook-search-{PRESET}.db"
 with Store.open(db, definition=config.definition()) as store:
     result = search.run_search(candidates, store=store, privacy_model=privacy_model, accuracy_model=accuracy_model,
-                               data=test, config=config, seed=0, checkpoint_hash=models.checkpoint_hash(checkpoint))
+                               data=test, config=config, seed=0, checkpoint_hash=checkpoints.checkpoint_hash(checkpoint))
 print(f"scored {result.scored}, already in {db}: {result.skipped}, {result.seconds:.0f} s")
 
 # %% [markdown]
 # ## Selection: threshold, rank, top-2, hybrid and the Pareto front
 
 # %%
-selection = search.select(result.rows, threshold=scores.ACCURACY_THRESHOLD, top=2)
+selection = select(result.rows, threshold=scores.ACCURACY_THRESHOLD, top=2)
 print(f"{len(selection.ranked)} of {selection.candidates} pass S_acc ≥ {selection.threshold}")
 for rank, row in enumerate(selection.ranked[:8], start=1):
     print(f"{rank:>3}. {row.policy:>10}  S_pri {row.privacy:.3f}  S_acc {row.accuracy:7.2f}")

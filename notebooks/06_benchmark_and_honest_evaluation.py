@@ -34,14 +34,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from ats import benchmark
-from ats.data import ASSETS_DIR
+from ats import benchmark, report
 from ats.runtime import pick_device, preset_name
 from ats.store import Store
 
 PRESET = preset_name()
 config = benchmark.BenchmarkConfig.preset(PRESET)
-root = ASSETS_DIR.parent / "runs" / PRESET if PRESET != "smoke" else Path(tempfile.mkdtemp())
+# the repository's runs/ folder, where `ats benchmark` writes (the notebook runs from notebooks/)
+root = Path.cwd().parent / "runs" / PRESET if PRESET != "smoke" else Path(tempfile.mkdtemp())
 db = root.parent / f"{PRESET}.db" if PRESET != "smoke" else root / "smoke.db"
 root.mkdir(parents=True, exist_ok=True)
 print(f"preset {PRESET}: policies {config.table_policies(0)}, defenses {config.defenses}, "
@@ -59,15 +59,15 @@ print(f"{result.computed} cells computed now, {len(result.rows) - result.compute
 # compare within our columns, not our numbers with the paper's.
 
 # %%
-display(Markdown(benchmark.markdown_table(result)))
+display(Markdown(report.markdown_table(result)))
 
 # %%
 table = [r for r in result.rows if r.study == "table"]
 fig, ax = plt.subplots(figsize=(9, 4))
 labels = [f"{r.policy}\n{r.defense}" for r in table]
-ax.bar(range(len(table)), [r.summary["psnr_mean"] for r in table], yerr=[r.summary["psnr_std"] for r in table],
+ax.bar(range(len(table)), [r.summary["psnr_tx_mean"] for r in table], yerr=[r.summary["psnr_tx_std"] for r in table],
        label="vs T(x)", alpha=0.7)
-ax.plot(range(len(table)), [r.summary["psnr_original_mean"] for r in table], "k_", ms=14, mew=2, label="vs x")
+ax.plot(range(len(table)), [r.summary["psnr_x_mean"] for r in table], "k_", ms=14, mew=2, label="vs x")
 ax.set_xticks(range(len(table)), labels, rotation=90, fontsize=7)
 ax.set(ylabel="attack PSNR (dB, ↓ more private)"); ax.legend(); plt.tight_layout(); plt.show()
 
@@ -77,7 +77,7 @@ ax.set(ylabel="attack PSNR (dB, ↓ more private)"); ax.legend(); plt.tight_layo
 # signs and the flip as restarts and learns the translation with the image, reconstructing x itself.
 
 # %%
-display(Markdown(benchmark.markdown_aware(result)))
+display(Markdown(report.markdown_aware(result)))
 
 # %% [markdown]
 # ## Does S_pri predict attack success?
@@ -85,11 +85,11 @@ display(Markdown(benchmark.markdown_aware(result)))
 # correlation. Ours, measured on random policies attacked on the `none` model:
 
 # %%
-display(Markdown(benchmark.markdown_correlation(result)))
+display(Markdown(report.markdown_correlation(result)))
 points = [r for r in result.rows if r.study == "correlation"]
 fig, ax = plt.subplots(figsize=(5, 3.5))
-ax.scatter([r.summary["privacy"] for r in points], [r.summary["psnr_mean"] for r in points], label="vs T(x)")
-ax.scatter([r.summary["privacy"] for r in points], [r.summary["psnr_original_mean"] for r in points], marker="x",
+ax.scatter([r.summary["privacy"] for r in points], [r.summary["psnr_tx_mean"] for r in points], label="vs T(x)")
+ax.scatter([r.summary["privacy"] for r in points], [r.summary["psnr_x_mean"] for r in points], marker="x",
            label="vs x")
 ax.set(xlabel="S_pri (← more private)", ylabel="attack PSNR (dB)"); ax.legend(); plt.show()
 
@@ -98,5 +98,5 @@ ax.set(xlabel="S_pri (← more private)", ylabel="attack PSNR (dB)"); ax.legend(
 # Statements computed from the table above, whatever they show:
 
 # %%
-for line in benchmark.findings(result):
+for line in report.findings(result):
     print("•", line)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ats import models, ui
+from ats import checkpoints, models
 from ats.store import ScoreRow, Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_sample_photos_and_a_shipped_checkpoint_of_another_architecture(data_dir
     assert not at.exception and not at.error
     shipped = [o for o in widget(at.selectbox, "Weights").options if o.endswith(".pt")]
     if not shipped:
-        pytest.skip("no checkpoint shipped in assets/models/ yet")
+        pytest.skip("no checkpoint shipped in ats/assets/models/ yet")
     widget(at.selectbox, "Model").set_value("convnet")
     widget(at.selectbox, "Weights").set_value(shipped[0])
     at.button[0].click().run()
@@ -90,14 +90,14 @@ def test_sample_photos_and_a_shipped_checkpoint_of_another_architecture(data_dir
 
 
 def test_uploaded_checkpoint_of_another_architecture_is_refused(tmp_path):
-    path = models.save_checkpoint(tmp_path / "lenet.pt", models.build_model("lenet", 10),
-                                  models.ModelMeta("lenet", "cifar10", 10, "none"))
+    path = checkpoints.save_checkpoint(tmp_path / "lenet.pt", models.build_model("lenet", 10),
+                                  checkpoints.ModelMeta("lenet", "cifar10", 10, "none"))
     with pytest.raises(ValueError, match="expected 'convnet'"):
-        ui.load_checkpoint_bytes(path.read_bytes(), expect_arch="convnet")
+        checkpoints.load_checkpoint_bytes(path.read_bytes(), expect_arch="convnet")
     with pytest.raises(ValueError, match="10 classes"):
-        ui.load_checkpoint_bytes(path.read_bytes(), expect_arch="lenet", num_classes=100)
+        checkpoints.load_checkpoint_bytes(path.read_bytes(), expect_arch="lenet", num_classes=100)
     with pytest.raises(ValueError, match="not a readable torch file"):
-        ui.load_checkpoint_bytes(b"not a checkpoint")
+        checkpoints.load_checkpoint_bytes(b"not a checkpoint")
 
 
 def test_scores_page_computes_the_policy_and_reference_points(data_dir):
@@ -170,7 +170,7 @@ def test_benchmark_page_without_and_with_a_table(tmp_path, monkeypatch):
     assert not at.exception
     assert "Not computed yet" in at.info[0].value
     (tmp_path / "benchmark.csv").write_text(
-        "policy,defense,psnr_mean,psnr_std,psnr_original_mean,ssim_mean,accuracy\n"
+        "policy,defense,psnr_tx_mean,psnr_tx_std,psnr_x_mean,ssim_tx_mean,accuracy\n"
         "none,none,14.1,1.2,14.1,0.5,0.70\n3-1-7,none,8.3,0.9,7.9,0.1,0.69\n")
     at = page("benchmark").run()
     assert not at.exception and not at.info
@@ -180,6 +180,17 @@ def test_benchmark_page_without_and_with_a_table(tmp_path, monkeypatch):
     at = page("benchmark").run()
     assert not at.exception
     assert "lacks the columns defense" in at.error[0].value
+
+
+def test_benchmark_page_reads_a_table_of_an_older_version(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "benchmark.csv").write_text(  # the column names before "_x"/"_tx"
+        "study,policy,defense,psnr_mean,psnr_std,psnr_original_mean,ssim_mean,accuracy\n"
+        "table,none,none,14.1,1.2,14.1,0.5,0.70\ntable,3-1-7,none,8.3,0.9,7.9,0.1,0.69\n")
+    at = page("benchmark").run()
+    assert not at.exception and not at.error
+    shown = at.dataframe[0].value
+    assert list(shown["psnr_x_mean"]) == [14.1, 7.9] and list(shown["psnr_tx_mean"]) == [14.1, 8.3]
 
 
 def test_benchmark_page_runs_a_small_benchmark_and_shows_it(tmp_path, monkeypatch, data_dir):

@@ -8,6 +8,7 @@ import torch
 
 from ats import attacks
 from ats.attacks import AttackConfig, iter_reconstruct, reconstruct
+from ats.aware import warp
 from ats.federated import client_update
 from ats.metrics import psnr
 from ats.models import build_model
@@ -39,10 +40,10 @@ def test_presets_and_validation():
         AttackConfig(iterations=0)
 
 
-def test_batched_engine_matches_plain_autograd_loop(resnet, cifar_batch):
+def test_batched_engine_matches_plain_autograd_loop(resnet, image_batch):
     """2 images × 2 restarts in one vmap call == 4 attacks with plain autograd, step for step."""
-    x, y = cifar_batch[0][:2], cifar_batch[1][:2]
-    update = client_update(resnet, x, y, per_example=True)
+    x, y = image_batch[0][:2], image_batch[1][:2]
+    update = client_update(resnet, x, y, per_example=True).shared
     config = replace(AttackConfig.ig(), iterations=6, restarts=2, signed=False, lr=0.01)
     init = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     batched = reconstruct(resnet, update, config, init=init)
@@ -55,9 +56,9 @@ def test_batched_engine_matches_plain_autograd_loop(resnet, cifar_batch):
         assert batched.loss[b] == pytest.approx(cost, abs=1e-4)
 
 
-def test_ig_lowers_the_cost_and_snapshots_stream(resnet, cifar_batch):
-    x, y = cifar_batch[0][:1], cifar_batch[1][:1]
-    update = client_update(resnet, x, y, per_example=True)
+def test_ig_lowers_the_cost_and_snapshots_stream(resnet, image_batch):
+    x, y = image_batch[0][:1], image_batch[1][:1]
+    update = client_update(resnet, x, y, per_example=True).shared
     config = replace(AttackConfig.ig(), iterations=30)
     snaps = list(iter_reconstruct(resnet, update, config, generator=torch.Generator().manual_seed(0), every=10))
     assert [s.iteration for s in snaps] == [10, 20, 30]
@@ -68,19 +69,28 @@ def test_ig_lowers_the_cost_and_snapshots_stream(resnet, cifar_batch):
     assert len(snaps[-1].history) == 3 and snaps[-1].status == ("ok",)
 
 
-def test_idlg_recovers_labels_and_images_on_lenet(lenet, cifar_batch):
+def test_idlg_recovers_labels_and_images_on_lenet(lenet, image_batch):
     """DLG's easy case: untrained sigmoid LeNet, batch 1, label read off the gradient."""
-    x, y = cifar_batch[0][:1], cifar_batch[1][:1]
-    update = client_update(lenet, x, y, per_example=True)
+    x, y = image_batch[0][:1], image_batch[1][:1]
+    update = client_update(lenet, x, y, per_example=True).shared
     result = reconstruct(lenet, update, replace(AttackConfig.idlg(), iterations=80),
                          generator=torch.Generator().manual_seed(0))
     assert torch.equal(result.labels, y)
     assert float(psnr(result.images, x)[0]) > 25  # 30.9 dB measured at 75 iterations
 
 
-def test_dlg_optimizes_labels_jointly(lenet, cifar_batch):
-    x, y = cifar_batch[0][:2], cifar_batch[1][:2]
-    update = client_update(lenet, x, y, per_example=True)
+def test_known_labels_need_leaked_labels(lenet, image_batch):
+    x, y = image_batch[0][:1], image_batch[1][:1]
+    update = client_update(lenet, x, y, per_example=True, share_labels=False).shared
+    with pytest.raises(ValueError, match="share_labels=False"):
+        reconstruct(lenet, update, replace(AttackConfig.ig(), iterations=1))
+    result = reconstruct(lenet, update, replace(AttackConfig.idlg(), iterations=1))
+    assert torch.equal(result.labels, y)  # inferred from the gradient alone
+
+
+def test_dlg_optimizes_labels_jointly(lenet, image_batch):
+    x, y = image_batch[0][:2], image_batch[1][:2]
+    update = client_update(lenet, x, y, per_example=True).shared
     result = reconstruct(lenet, update, replace(AttackConfig.dlg(), iterations=40),
                          generator=torch.Generator().manual_seed(0))
     assert result.labels.shape == (2,)
@@ -90,19 +100,19 @@ def test_dlg_optimizes_labels_jointly(lenet, cifar_batch):
     assert float(result.loss.min()) < 0.1
 
 
-def test_divergence_is_a_recorded_failure(resnet, cifar_batch):
-    x, y = cifar_batch[0][:1], cifar_batch[1][:1]
-    update = client_update(resnet, x, y, per_example=True)
+def test_divergence_is_a_recorded_failure(resnet, image_batch):
+    x, y = image_batch[0][:1], image_batch[1][:1]
+    update = client_update(resnet, x, y, per_example=True).shared
     config = replace(AttackConfig.adam_l2(), optimizer="sgd", lr=1e6, signed=False, boxed=False, iterations=5)
     result = reconstruct(resnet, update, config, generator=torch.Generator().manual_seed(0))
     assert result.status[0].startswith(("diverged", "failed"))
     assert torch.isfinite(result.images).all()
 
 
-def test_joint_attack_of_an_aggregated_gradient(lenet, cifar_batch):
-    x, y = cifar_batch[0][:2], cifar_batch[1][:2]
+def test_joint_attack_of_an_aggregated_gradient(lenet, image_batch):
+    x, y = image_batch[0][:2], image_batch[1][:2]
     assert y[0] != y[1]
-    update = client_update(lenet, x, y)  # one gradient for the batch
+    update = client_update(lenet, x, y).shared  # one gradient for the batch
     result = reconstruct(lenet, update, replace(AttackConfig.idlg(), iterations=3),
                          generator=torch.Generator().manual_seed(0))
     assert result.images.shape == (2, 3, 32, 32) and len(result.status) == 1
@@ -111,9 +121,9 @@ def test_joint_attack_of_an_aggregated_gradient(lenet, cifar_batch):
         reconstruct(lenet, update, AttackConfig.idlg(), joint=False)
 
 
-def test_non_finite_gradient_is_a_recorded_failure(resnet, cifar_batch):
-    x, y = cifar_batch[0][:2], cifar_batch[1][:2]
-    update = client_update(resnet, x, y, per_example=True)
+def test_non_finite_gradient_is_a_recorded_failure(resnet, image_batch):
+    x, y = image_batch[0][:2], image_batch[1][:2]
+    update = client_update(resnet, x, y, per_example=True).shared
     poisoned = tuple(torch.cat([g[:1], torch.full_like(g[1:], float("nan"))]) for g in update.gradients)
     update = replace(update, gradients=poisoned)
     result = reconstruct(resnet, update, replace(AttackConfig.ig(), iterations=5),
@@ -123,9 +133,9 @@ def test_non_finite_gradient_is_a_recorded_failure(resnet, cifar_batch):
     assert torch.isfinite(result.images).all()
 
 
-def test_restarts_keep_the_best(lenet, cifar_batch):
-    x, y = cifar_batch[0][:1], cifar_batch[1][:1]
-    update = client_update(lenet, x, y, per_example=True)
+def test_restarts_keep_the_best(lenet, image_batch):
+    x, y = image_batch[0][:1], image_batch[1][:1]
+    update = client_update(lenet, x, y, per_example=True).shared
     config = replace(AttackConfig.ig(), iterations=10, restarts=3)
     result = reconstruct(lenet, update, config, generator=torch.Generator().manual_seed(0))
     singles = [reconstruct(lenet, update, replace(config, restarts=1),
@@ -137,10 +147,10 @@ def test_restarts_keep_the_best(lenet, cifar_batch):
     assert result.images.shape == (1, 3, 32, 32)
 
 
-def test_runs_on_every_device(device, cifar_batch):
+def test_runs_on_every_device(device, image_batch):
     model = build_model("lenet", 100, seed=0).to(device).eval()
-    x, y = cifar_batch[0][:1].to(device), cifar_batch[1][:1].to(device)
-    update = client_update(model, x, y, per_example=True)
+    x, y = image_batch[0][:1].to(device), image_batch[1][:1].to(device)
+    update = client_update(model, x, y, per_example=True).shared
     result = reconstruct(model, update, replace(AttackConfig.ig(), iterations=3),
                          generator=torch.Generator(device=device).manual_seed(0))
     assert result.images.device.type == "cpu" and result.status == ("ok",)
@@ -164,31 +174,32 @@ def test_shift_hypotheses_follow_the_policy_and_the_crop():
         AttackConfig(aware=True, labels="joint")
 
 
-def test_aware_warp_is_a_black_filled_shift_and_flip(resnet, cifar_batch):
-    x = cifar_batch[0][:2]
-    update = client_update(resnet, x, cifar_batch[1][:2], "3", generator=torch.Generator().manual_seed(0),
-                           per_example=True)
-    problem = attacks._Problem.build(resnet, update, AttackConfig.aware_ig(), joint=False)
-    shifted = problem.warp(x, torch.tensor([3.0, -2.0]), torch.tensor(False))
+def test_aware_warp_is_a_black_filled_shift_and_flip(image_batch):
+    x = image_batch[0][:2]
+    shifted = warp(x, torch.tensor([3.0, -2.0]), torch.tensor(False))
     expected = torch.zeros_like(x)
     expected[..., :30, 3:] = x[..., 2:, :-3]  # right by 3, up by 2
     assert torch.allclose(shifted, expected, atol=1e-5)
-    flipped = problem.warp(x, torch.zeros(2), torch.tensor(True))
+    flipped = warp(x, torch.zeros(2), torch.tensor(True))
     assert torch.allclose(flipped, x.flip(-1), atol=1e-6)
 
 
-def test_aware_attack_learns_a_bounded_shift_and_scores_its_own_transform(resnet, cifar_batch):
+def test_aware_attack_learns_a_bounded_shift_and_scores_its_own_transform(resnet, image_batch):
     from ats.evaluation import evaluate_reconstruction
 
-    x, y = cifar_batch[0][:2], cifar_batch[1][:2]
-    update = client_update(resnet, x, y, "3-1-7", generator=torch.Generator().manual_seed(0), per_example=True)
+    x, y = image_batch[0][:2], image_batch[1][:2]
+    update, private = client_update(resnet, x, y, "3-1-7", crop_flip=True, per_example=True,
+                                    generator=torch.Generator().manual_seed(0))
     config = replace(AttackConfig.aware_ig(), iterations=3)
-    recon = reconstruct(resnet, update, config, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="policy="):
+        reconstruct(resnet, update, config)  # the aware attacker must be told the policy
+    recon = reconstruct(resnet, update, config, generator=torch.Generator().manual_seed(1),
+                        policy=private.policy, crop_flip=private.crop_flip)
     reach = attacks.shift_hypotheses("3-1-7", True, 1)[0]
     assert recon.shifts.shape == (2, 2) and bool((recon.shifts.abs() <= reach + 1e-5).all())
     assert recon.flips.shape == (2,) and recon.transformed.shape == recon.images.shape
     assert recon.shifts.abs()[:, 0].min() > 10  # started from the policy's ±14.5 px, not from 0
-    results = evaluate_reconstruction(recon, update, x)
-    assert results[0].psnr == pytest.approx(float(psnr(recon.images[:1], x[:1])), abs=1e-4)
-    assert results[0].psnr_transformed == pytest.approx(float(psnr(recon.transformed[:1], update.transformed[:1])),
+    results = evaluate_reconstruction(recon, private, x)
+    assert results[0].psnr_x == pytest.approx(float(psnr(recon.images[:1], x[:1])), abs=1e-4)
+    assert results[0].psnr_tx == pytest.approx(float(psnr(recon.transformed[:1], private.transformed[:1])),
                                                         abs=1e-4)

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ats import attacks, benchmark, models
+from ats import attacks, benchmark, checkpoints, models, report, stats
 from ats.benchmark import BenchmarkConfig, run_benchmark
 from ats.store import Store
 
@@ -29,7 +29,7 @@ def smoke_run(tmp_path_factory, data_dir):
     original = attacks.reconstruct
 
     def spy(model, update, config=None, **kwargs):
-        seen.append((update.policy, update.defense, config.name, update.gradients))
+        seen.append((str(kwargs["policy"]), update.defense, config.name, update.gradients))
         return original(model, update, config, **kwargs)
 
     mp = pytest.MonkeyPatch()
@@ -51,17 +51,17 @@ def test_one_row_per_policy_and_defense_plus_aware_and_correlation(smoke_run):
     assert result.computed == len(result.rows) == 4 + 1 + 3
     for r in table:
         s = r.summary
-        assert math.isfinite(s["psnr_mean"]) and math.isfinite(s["psnr_original_mean"]) and s["failed"] == 0
+        assert math.isfinite(s["psnr_tx_mean"]) and math.isfinite(s["psnr_x_mean"]) and s["failed"] == 0
         assert 0 <= s["accuracy"] <= 1 and r.images == SMOKE.images and r.iterations == SMOKE.attack.iterations
         assert len(r.per_image) == SMOKE.images
     # without a policy the client sends x itself: PSNR against T(x) and x coincide; with one they differ
     none = next(r for r in table if r.policy == "none" and r.defense == "none").summary
-    assert none["psnr_mean"] == pytest.approx(none["psnr_original_mean"])
+    assert none["psnr_tx_mean"] == pytest.approx(none["psnr_x_mean"])
     policy = next(r for r in table if r.policy == "3-1-7" and r.defense == "none").summary
-    assert policy["psnr_mean"] != pytest.approx(policy["psnr_original_mean"], abs=1e-3)
+    assert policy["psnr_tx_mean"] != pytest.approx(policy["psnr_x_mean"], abs=1e-3)
     # every policy got its own model, trained with that policy
     for name, path in result.checkpoints.items():
-        assert models.load_checkpoint(path)[1].policy == name
+        assert checkpoints.load_checkpoint(path)[1].policy == name
     corr = result.correlation["vs_transformed"]
     assert corr["n"] == 3 and -1 <= corr["pearson"] <= 1
     assert all(math.isfinite(r.summary["privacy"]) for r in result.rows if r.study == "correlation")
@@ -85,21 +85,40 @@ def test_defended_rows_attack_the_defended_gradients(smoke_run):
 
 def test_outputs_csv_markdown_scatter_and_report(smoke_run, tmp_path):
     folder, result, _ = smoke_run
-    path = benchmark.write_csv(result, tmp_path / "b.csv")
+    path = report.write_csv(result, tmp_path / "b.csv")
     rows = list(csv.DictReader(path.open()))
     assert len(rows) == len(result.rows)
-    from ats import ui
-
-    ui.check_benchmark_columns(rows[0].keys())  # the app's benchmark page reads this file
-    table = benchmark.markdown_table(result)
+    report.check_columns(rows[0].keys())  # the app's benchmark page reads this file
+    table = report.markdown_table(result)
     assert table.count("\n") == 1 + 4 and "13.88" in table  # header, rule, 4 cells; the paper's none PSNR
-    assert "3-1-7" in benchmark.markdown_aware(result)
-    scatter = benchmark.save_scatter(result, tmp_path / "c.png")
+    assert "3-1-7" in report.markdown_aware(result)
+    scatter = report.save_scatter(result, tmp_path / "c.png")
     assert scatter.stat().st_size > 1000
-    report = benchmark.write_report(result, tmp_path / "r.md", command="ats benchmark --preset smoke", device="cpu",
-                                    scatter=scatter).read_text()
+    text = report.write_report(result, tmp_path / "r.md", command="ats benchmark --preset smoke", device="cpu",
+                               scatter=scatter).read_text()
     for needle in ("Tables 1 and 3", "policy-aware", "Pearson", "--preset paper", "c.png"):
-        assert needle in report
+        assert needle in text
+
+
+def test_cell_summaries_use_the_per_image_names_of_evaluation(smoke_run):
+    _, result, _ = smoke_run
+    for r in result.rows:  # "_x" against x, "_tx" against T(x), in the summary as in each image
+        for key in ("psnr_x", "psnr_tx", "ssim_x", "ssim_tx"):
+            values = [i[key] for i in r.per_image if i["status"] == "ok" and i[key] is not None]
+            assert r.summary[f"{key}_mean"] == pytest.approx(sum(values) / len(values))
+
+
+def test_a_csv_of_an_older_version_reads_with_the_new_column_names(tmp_path):
+    path = tmp_path / "old.csv"
+    path.write_text("study,policy,defense,psnr_mean,psnr_std,psnr_original_mean,psnr_original_std,ssim_mean,"
+                    "ssim_original_mean,accuracy\ntable,none,none,14.1,1.2,13.9,1.1,0.5,0.4,0.70\n")
+    header, values = [line.split(",") for line in path.read_text().splitlines()]
+    columns = report.normalize_columns(header)
+    assert columns == ["study", "policy", "defense", "psnr_tx_mean", "psnr_tx_std", "psnr_x_mean", "psnr_x_std",
+                       "ssim_tx_mean", "ssim_x_mean", "accuracy"]
+    report.check_columns(columns)
+    assert dict(zip(columns, values))["psnr_x_mean"] == "13.9"
+    assert report.normalize_columns(report.CSV_COLUMNS) == list(report.CSV_COLUMNS)  # today's names stay
 
 
 def test_interrupted_benchmark_resumes_without_recomputing_or_losing_rows(tmp_path, data_dir):
@@ -157,9 +176,9 @@ def test_random_policies_are_seeded_and_new():
 
 
 def test_correlation_is_pearson_and_spearman_and_drops_nan():
-    c = benchmark.correlation([1, 2, 3, 4, math.nan], [2, 4, 6, 9, 1])
+    c = stats.correlation([1, 2, 3, 4, math.nan], [2, 4, 6, 9, 1])
     assert c["n"] == 4 and c["pearson"] == pytest.approx(0.99438, abs=1e-4) and c["spearman"] == pytest.approx(1.0)
-    assert math.isnan(benchmark.correlation([1, 2], [1, 2])["pearson"])
+    assert math.isnan(stats.correlation([1, 2], [1, 2])["pearson"])
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -193,8 +212,8 @@ def test_ats_benchmark_bad_input_exits_2_with_one_line(tmp_path, data_dir, bad, 
 def test_correlation_cells_are_keyed_by_the_privacy_model(tmp_path, data_dir):
     """Another S_pri model gives other S_pri values: its correlation cells are recomputed, not reused."""
     config = replace(SMOKE, policies=("none",), defenses=("none",), aware=False, correlation=3)
-    other = models.save_checkpoint(tmp_path / "other.pt", models.build_model("resnet20", 100, seed=5),
-                                   models.ModelMeta("resnet20", "cifar100", 100, "cifar100"))
+    other = checkpoints.save_checkpoint(tmp_path / "other.pt", models.build_model("resnet20", 100, seed=5),
+                                   checkpoints.ModelMeta("resnet20", "cifar100", 100, "cifar100"))
     with Store.open(tmp_path / "b.db") as store:
         first = run_benchmark(config, store=store, workdir=tmp_path, data_root=data_dir)
         again = run_benchmark(config, store=store, workdir=tmp_path, data_root=data_dir)

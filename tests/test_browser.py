@@ -147,7 +147,7 @@ def test_the_playground_renders_in_chromium(app_url, tmp_path):
     with Page(tmp_path / "profile", free_port()) as page:
         page.call("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1, mobile=False)
         page.open(app_url, "Run attack", 240)  # warm: the first visit runs the script once (data, caches)
-        seconds = page.open(app_url, "Run attack", 60)
+        page.open(app_url, "Run attack", 60)  # again, from the warm caches (load times belong in bench/)
         dom = page.call("Runtime.evaluate", expression="document.documentElement.outerHTML")["result"]["value"]
         assert "Attack playground" in dom and "Device" in dom and "stException" not in dom
         time.sleep(1)  # let images finish decoding
@@ -156,6 +156,5 @@ def test_the_playground_renders_in_chromium(app_url, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert pixels.shape == (1000, 1400)
     assert pixels.std() > 10, "the screenshot is blank"
-    assert seconds < 60
     if os.environ.get("ATS_SCREENSHOT"):
         shutil.copy(shot, os.environ["ATS_SCREENSHOT"])

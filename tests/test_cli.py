@@ -6,6 +6,7 @@ import json
 import pytest
 
 from ats.cli import main
+from ats.runtime import asset_path
 
 
 def run(capsys, *argv):
@@ -21,7 +22,7 @@ def test_attack_json_contract(capsys, tmp_path, data_dir):
     doc = json.loads(out)
     assert doc["device"] == "cpu" and doc["seconds"] > 0
     assert [r["index"] for r in doc["results"]] == [0, 1]
-    keys = {"index", "label", "label_recovered", "psnr", "psnr_transformed", "ssim", "ssim_transformed",
+    keys = {"index", "label", "label_recovered", "psnr_x", "psnr_tx", "ssim_x", "ssim_tx",
             "iterations", "status"}
     assert keys <= set(doc["results"][0])
     assert all(r["label_recovered"] for r in doc["results"])
@@ -35,7 +36,7 @@ def test_attack_with_policy_reports_both_psnrs(capsys, tmp_path, data_dir):
                        "--json", "--out", str(tmp_path))
     assert code == 0
     result = json.loads(out)["results"][0]
-    assert result["psnr"] != result["psnr_transformed"]
+    assert result["psnr_x"] != result["psnr_tx"]
     assert json.loads(out)["policy"] == "3-1-7"
 
 
@@ -64,7 +65,7 @@ def test_attack_an_image_file(capsys, tmp_path):
     from ats.data import load_samples
 
     samples = load_samples()
-    path = sorted((__import__("pathlib").Path(__file__).parents[1] / "assets" / "samples").glob("*.png"))[0]
+    path = sorted(asset_path("samples").glob("*.png"))[0]
     code, out, _ = run(capsys, "attack", "--image", str(path), "--label", "3", "--model", "lenet",
                        "--attack", "idlg", "--iterations", "5", "--json", "--out", str(tmp_path))
     assert code == 0 and len(samples) > 0

@@ -1,10 +1,8 @@
-"""Tests for ats.data: loading layouts, the paper's index sets, image files, bundled samples."""
+"""Tests for ats.data: loading layouts, ImageSet, the bundled samples and the attack-set fallback."""
 from __future__ import annotations
 
-import io
 import json
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,44 +11,28 @@ import torch
 from PIL import Image
 
 from ats import data
-from ats.runtime import make_generator
-
-
-def _png(width: int, height: int, bit_depth: int, color_type: int, raw: bytes | None) -> bytes:
-    """A hand-built PNG; `raw` is the unfiltered scanline data (None: header only, no pixels)."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    pixels = chunk(b"IDAT", zlib.compress(raw)) if raw is not None else b""
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + pixels + chunk(b"IEND", b"")
-
-
-def _encode(image: Image.Image, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
+from ats.runtime import asset_path
 
 
 # --- real CIFAR data -------------------------------------------------------------------------
 
-def test_cifar100_train_parts_concatenate_in_order(data_dir):
-    train = data.load_dataset("cifar100", "train", root=data_dir)
+def test_cifar100_train_parts_concatenate_in_order(cifar_dir):
+    train = data.load_dataset("cifar100", "train", root=cifar_dir)
     assert len(train) == 50_000 and train.images.shape == (50_000, 3, 32, 32)
     assert torch.bincount(train.labels).tolist() == [500] * 100
-    with np.load(data_dir / "cifar100_train_part1.npz") as npz:
+    with np.load(cifar_dir / "cifar100_train_part1.npz") as npz:
         first_of_part1 = torch.from_numpy(npz["x"][0]).permute(2, 0, 1)
     assert torch.equal(train.images[25_000], first_of_part1)
     means = train.images.numpy().sum(axis=(0, 2, 3), dtype=np.int64) / (50_000 * 32 * 32 * 255)
     assert np.allclose(means, data.STATS["cifar100"][0], atol=1e-3)
-    assert data.load_dataset("cifar100", "train", root=data_dir) is train  # cached in-process
+    assert data.load_dataset("cifar100", "train", root=cifar_dir) is train  # cached in-process
 
 
-def test_cifar100_test_split_and_classes(data_dir, cifar_batch):
-    test = data.load_dataset("cifar100", "test", root=data_dir)
+def test_cifar100_test_split_and_classes(cifar_dir, cifar_batch):
+    test = data.load_dataset("cifar100", "test", root=cifar_dir)
     assert len(test) == 10_000 and test.split == "test" and test.name == "cifar100"
     assert torch.bincount(test.labels).tolist() == [100] * 100
-    with np.load(data_dir / "cifar100_test.npz") as npz:
+    with np.load(cifar_dir / "cifar100_test.npz") as npz:
         assert tuple(str(c) for c in npz["classes"]) == data.CIFAR100_CLASSES
     x, y = test.batch(range(16))
     assert x.dtype == torch.float32 and x.shape == (16, 3, 32, 32)
@@ -58,10 +40,10 @@ def test_cifar100_test_split_and_classes(data_dir, cifar_batch):
     assert "10000 images" in repr(test)
 
 
-def test_cifar10_test_split_is_close_to_published_stats(data_dir):
-    if not (data_dir / "cifar10_test.npz").is_file():
+def test_cifar10_test_split_is_close_to_published_stats(cifar_dir):
+    if not (cifar_dir / "cifar10_test.npz").is_file():
         pytest.skip("no cifar10_test.npz")
-    test = data.load_dataset("cifar10", "test", root=data_dir)
+    test = data.load_dataset("cifar10", "test", root=cifar_dir)
     assert len(test) == 10_000 and test.classes == data.CIFAR10_CLASSES
     x = test.images.double() / 255
     mean, std = data.STATS["cifar10"]
@@ -193,127 +175,11 @@ def test_image_set_validates_its_fields():
         data.ImageSet(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), ("a",), "x")
 
 
-# --- index sets ------------------------------------------------------------------------------
-
-def test_fixed_index_sets():
-    assert data.ATTACK_SET == tuple(range(100))
-    assert len(data.PRIVACY_SET) == 100 and data.PRIVACY_SET[:3] == (200, 205, 210)
-    assert data.PRIVACY_SET[-1] == 695 and not set(data.PRIVACY_SET) & set(data.ATTACK_SET)
-    windows = data.accuracy_windows()
-    assert len(windows) == 10 and all(len(w) == 100 for w in windows)
-    assert windows[0] == tuple(range(200, 300)) and windows[-1][-1] == 1199
-    assert data.accuracy_windows(runs=2, size=3) == ((200, 201, 202), (203, 204, 205))
-    with pytest.raises(ValueError, match="runs=0"):
-        data.accuracy_windows(runs=0)
-
-
-def test_dedupe_by_label_keeps_first_of_each_label():
-    labels = [7, 3, 7, 1, 3, 9]
-    assert data.dedupe_by_label(range(6), labels) == (0, 1, 3, 5)
-    assert data.dedupe_by_label([2, 4, 0], torch.tensor(labels)) == (2, 4)
-    with pytest.raises(ValueError, match="index 6"):
-        data.dedupe_by_label([6], labels)
-
-
-def test_accuracy_window_dedupe_on_cifar100(data_dir):
-    labels = data.load_dataset("cifar100", "test", root=data_dir).labels
-    kept = data.dedupe_by_label(data.accuracy_windows()[0], labels)
-    kept_labels = labels[list(kept)].tolist()
-    assert 50 <= len(kept) <= 75 and len(set(kept_labels)) == len(kept)
-    assert set(kept_labels) == set(labels[200:300].tolist())
-
-
-def test_per_class_indices_takes_first_k_in_dataset_order():
-    labels = [1, 0, 1, 2, 0, 1, 2, 0, 2]
-    assert data.per_class_indices(labels, 2) == (1, 4, 0, 2, 3, 6)
-    assert data.per_class_indices(labels, 1, num_classes=3) == (1, 0, 3)
-    with pytest.raises(ValueError, match="k=4"):
-        data.per_class_indices(labels, 4)
-
-
-def test_class_balanced_subset_is_seeded_and_balanced(device):
-    labels = torch.arange(10).repeat_interleave(100)[torch.randperm(1000, generator=make_generator(0))]
-    subset = data.class_balanced_subset(labels, 0.1, make_generator(1, device))
-    assert len(subset) == 100 and list(subset) == sorted(set(subset))
-    assert torch.bincount(labels[list(subset)], minlength=10).tolist() == [10] * 10
-    assert subset == data.class_balanced_subset(labels, 0.1, make_generator(1, device))
-    assert subset != data.class_balanced_subset(labels, 0.1, make_generator(2, device))
-    with pytest.raises(ValueError, match="fraction 0"):
-        data.class_balanced_subset(labels, 0, make_generator(1))
-
-
-@pytest.mark.parametrize("text, expected", [("0-4", (0, 1, 2, 3, 4)), ("0,3,7", (0, 3, 7)),
-                                            ("0-4,9", (0, 1, 2, 3, 4, 9)), (" 12 ", (12,))])
-def test_parse_indices(text, expected):
-    assert data.parse_indices(text) == expected
-
-
-@pytest.mark.parametrize("text, problem", [("", "not a number"), ("a", "not a number"),
-                                           ("4-0", "backwards"), ("1,,2", "not a number"),
-                                           ("-1", "not a number"), ("0-3,2", "more than once")])
-def test_parse_indices_rejects_malformed_input(text, problem):
-    with pytest.raises(ValueError, match=problem):
-        data.parse_indices(text)
-
-
-# --- load_image ------------------------------------------------------------------------------
-
-def test_load_image_rgba_composites_over_white():
-    rgba = np.zeros((10, 10, 4), np.uint8)
-    rgba[..., 0] = 255
-    rgba[:, 5:, 3] = 255  # left half transparent, right half opaque red
-    x = data.load_image(_encode(Image.fromarray(rgba, "RGBA")), size=10)
-    assert x.shape == (3, 10, 10)
-    assert torch.allclose(x[:, 0, 0], torch.ones(3)) and torch.allclose(x[:, 0, -1], torch.tensor([1.0, 0, 0]))
-
-
-def test_load_image_grayscale_and_palette_become_rgb(tmp_path):
-    gray = Image.fromarray(np.full((8, 8), 128, np.uint8), "L")
-    x = data.load_image(io.BytesIO(_encode(gray)), size=8)
-    assert x.shape == (3, 8, 8) and torch.allclose(x, torch.full((3, 8, 8), 128 / 255))
-    path = tmp_path / "palette.gif"
-    Image.new("RGB", (8, 8), (0, 0, 255)).convert("P").save(path)
-    assert torch.allclose(data.load_image(path, size=8)[:, 3, 3], torch.tensor([0.0, 0, 1]))
-
-
-def test_load_image_crops_odd_sizes_to_a_centred_square():
-    pixels = np.zeros((31, 45, 3), np.uint8)
-    pixels[:, 7:38] = 255  # the centred 31×31 square is white, the margins black
-    x = data.load_image(_encode(Image.fromarray(pixels)))
-    assert x.shape == (3, 32, 32) and float(x.min()) > 0.99
-
-
-def test_load_image_rescales_16_bit_instead_of_clipping():
-    gray16 = Image.fromarray(np.full((6, 6), 32768, np.uint16))
-    assert abs(float(data.load_image(_encode(gray16), size=6).mean()) - 0.5) < 0.01
-    row = b"\x00" + struct.pack(">HHH", 65535, 0, 32768) * 4  # 16-bit RGB, filter byte 0
-    x = data.load_image(_png(4, 4, 16, 2, row * 4), size=4)
-    assert torch.allclose(x[:, 1, 1], torch.tensor([1.0, 0.0, 128 / 255]), atol=1 / 255)
-
-
-def test_load_image_rejects_garbage_empty_and_huge(tmp_path):
-    with pytest.raises(ValueError, match="not an image PIL can read"):
-        data.load_image(b"definitely not a picture")
-    empty = tmp_path / "empty.png"
-    empty.write_bytes(b"")
-    with pytest.raises(ValueError, match="empty"):
-        data.load_image(empty)
-    with pytest.raises(ValueError, match="40 megapixels"):
-        data.load_image(_png(10_000, 10_000, 8, 2, None))  # declares 100 MP, holds nothing
-    big = tmp_path / "big.png"
-    with big.open("wb") as f:
-        f.truncate(data.MAX_IMAGE_BYTES + 1)  # sparse: nothing is written
-    with pytest.raises(ValueError, match="25 MB"):
-        data.load_image(big)
-    with pytest.raises(ValueError, match="positive"):
-        data.load_image(b"x", size=0)
-
-
 # --- bundled samples -------------------------------------------------------------------------
 
 def test_samples_load_with_valid_cifar100_labels():
     samples = data.load_samples()
-    folder = data.ASSETS_DIR / "samples"
+    folder = asset_path("samples")
     names = json.loads((folder / "labels.json").read_text())
     assert 6 <= len(samples) <= 8 and samples.images.shape[1:] == (3, 32, 32)
     assert samples.classes == data.CIFAR100_CLASSES
@@ -325,3 +191,19 @@ def test_samples_load_with_valid_cifar100_labels():
         assert f.name in attribution
         assert Image.open(folder / "preview" / f.name).size == (128, 128)
     assert float(samples.images.float().std()) > 20  # real photos, not blank squares
+
+
+# --- the attack set, and its fallback --------------------------------------------------------
+
+def test_attack_images_are_the_first_test_images(data_dir):
+    images = data.attack_images(3, root=data_dir)
+    test = data.load_dataset("cifar100", "test", root=data_dir)
+    assert images.name == "cifar100" and torch.equal(images.images, test.images[:3])
+
+
+def test_attack_images_fall_back_to_the_samples_with_a_warning(tmp_path):
+    with pytest.warns(UserWarning, match="no cifar100 test data found.*bundled sample photos"):
+        images = data.attack_images(3, root=tmp_path)
+    assert images.name == "samples" and len(images) == 3
+    with pytest.raises(data.DataNotFoundError):
+        data.attack_images(3, root=tmp_path, fallback=False)

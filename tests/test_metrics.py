@@ -35,8 +35,8 @@ def test_psnr_is_per_image():
     assert torch.allclose(psnr(b, a), torch.tensor([20.0, 40.0]), atol=1e-3)
 
 
-def test_ssim_identical_is_one_and_falls_with_noise(cifar_batch):
-    x = cifar_batch[0][:4]
+def test_ssim_identical_is_one_and_falls_with_noise(image_batch):
+    x = image_batch[0][:4]
     generator = torch.Generator().manual_seed(0)
     assert torch.allclose(ssim(x, x), torch.ones(4), atol=1e-6)
     previous = torch.ones(4)
@@ -49,8 +49,8 @@ def test_ssim_identical_is_one_and_falls_with_noise(cifar_batch):
     assert (previous < 0.5).all()
 
 
-def test_ssim_agrees_with_scikit_image(cifar_batch):
-    x = cifar_batch[0][:2]
+def test_ssim_agrees_with_scikit_image(image_batch):
+    x = image_batch[0][:2]
     noisy = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
     ours = ssim(noisy, x)
     for i in range(2):
@@ -75,8 +75,8 @@ def test_mismatched_shapes_are_rejected():
         psnr(torch.rand(2, 3, 8, 8), torch.rand(3, 3, 8, 8))
 
 
-def test_pairing_recovers_a_shuffled_permutation(cifar_batch):
-    x = cifar_batch[0][:8]
+def test_pairing_recovers_a_shuffled_permutation(image_batch):
+    x = image_batch[0][:8]
     permutation = torch.tensor([3, 0, 7, 1, 6, 2, 5, 4])
     noisy = (x[permutation] + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
     order = pair_reconstructions(noisy, x)
@@ -101,9 +101,9 @@ def test_pairing_puts_nan_reconstructions_somewhere():
     assert order[0] == 1 and order[1] == 2  # the two good ones are still matched
 
 
-def test_feature_mse(cifar_batch):
+def test_feature_mse(image_batch):
     model = build_model("lenet", 10, seed=0).eval()
-    x = cifar_batch[0][:3]
+    x = image_batch[0][:3]
     assert torch.equal(feature_mse(model, x, x), torch.zeros(3))
     other = feature_mse(model, x, x.flip(-1))
     assert other.shape == (3,) and (other > 0).all()
@@ -117,8 +117,8 @@ def test_image_scores_against_original_and_transformed():
     transformed = original + 0.1
     recon = transformed.clone()
     scores = image_scores(recon, original, transformed)
-    assert set(scores) >= {"psnr", "psnr_transformed", "ssim", "ssim_transformed", "mse"}
-    assert torch.allclose(scores["psnr"], torch.tensor(20.0), atol=1e-3)
-    assert torch.equal(scores["psnr_transformed"], torch.full((2,), 100.0))
-    assert torch.allclose(scores["ssim_transformed"], torch.ones(2), atol=1e-6)
-    assert np.allclose(scores["mse"].numpy(), 0.01, rtol=1e-4)
+    assert set(scores) >= {"psnr_x", "psnr_tx", "ssim_x", "ssim_tx", "mse_x"}
+    assert torch.allclose(scores["psnr_x"], torch.tensor(20.0), atol=1e-3)
+    assert torch.equal(scores["psnr_tx"], torch.full((2,), 100.0))
+    assert torch.allclose(scores["ssim_tx"], torch.ones(2), atol=1e-6)
+    assert np.allclose(scores["mse_x"].numpy(), 0.01, rtol=1e-4)

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ats.models import (ARCHS, ModelMeta, Normalize, build_model, checkpoint_hash, describe_model, last_linear,
-                        load_checkpoint, save_checkpoint)
+from ats.checkpoints import ModelMeta, checkpoint_hash, load_checkpoint, save_checkpoint
+from ats.models import ARCHS, Normalize, build_model, describe_model, last_linear
 
 SMALL = ("resnet20", "convnet", "lenet")
 SIDE = {"resnet20": 16, "convnet": 32, "lenet": 32}  # the smallest input each arch accepts, for speed

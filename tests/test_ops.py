@@ -6,14 +6,16 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from ats.ops import KERNELS, MAGNITUDES, POOL, SIGNED, apply_op, describe, op_spec, random_crop_flip
+from ats.ops import KERNELS, apply_op, random_crop_flip
+from ats.pool import MAGNITUDES, POOL, SIGNED, describe, op_spec
 from ats.runtime import make_generator
 
 # Ops whose PIL result we reproduce exactly on 8-bit input (lookup tables, whole-pixel moves).
 EXACT = {"invert", "posterize", "solarize", "equalize", "translateX", "translateY", "rotate"}
 # Blends and bicubic resampling: PIL truncates its float result to uint8, we keep the float.
 # Measured over 16 CIFAR-100 test images, both signs, every entry: max |diff| 1.2/255,
-# mean |diff| at most 0.49/255 (autocontrast), no pixel off by more than 2/255.
+# mean |diff| at most 0.49/255 (autocontrast), no pixel off by more than 2/255; over the 16 of the
+# stand-in (tests/standin.py, used without ATS_DATA_DIR): 1.18/255 and 0.48/255.
 MAX_DIFF, MEAN_DIFF = 1.5, 0.6  # in 0..255 units
 
 
@@ -54,9 +56,9 @@ def _compare(x: torch.Tensor, name: str, magnitude: float | None, sign: int) -> 
 
 @pytest.mark.parametrize("sign", [1, -1])
 @pytest.mark.parametrize("index", range(50))
-def test_entry_matches_pil(index, sign, cifar_batch):
+def test_entry_matches_pil(index, sign, image_batch):
     spec = POOL[index]
-    diff = _compare(cifar_batch[0], spec.name, spec.magnitude, sign)
+    diff = _compare(image_batch[0], spec.name, spec.magnitude, sign)
     if spec.name in EXACT:
         assert diff.max() < 1e-3, f"{spec}: max |diff| {diff.max():.3f}/255"
     else:
@@ -66,9 +68,9 @@ def test_entry_matches_pil(index, sign, cifar_batch):
 
 
 @pytest.mark.parametrize("name,magnitude", [("shearX", 0.1), ("shearX", 0.3), ("rotate", 30.0)])
-def test_kernels_outside_the_pool_match_pil(name, magnitude, cifar_batch):
+def test_kernels_outside_the_pool_match_pil(name, magnitude, image_batch):
     for sign in (1, -1):
-        diff = _compare(cifar_batch[0][:8], name, magnitude, sign)
+        diff = _compare(image_batch[0][:8], name, magnitude, sign)
         assert diff.max() <= MAX_DIFF and diff.mean() <= MEAN_DIFF
 
 
@@ -89,20 +91,20 @@ def test_pool_matches_the_original_table():
 
 
 @pytest.mark.parametrize("index", [28, 39])
-def test_no_op_entries_leave_images_unchanged(index, cifar_batch):
-    x = cifar_batch[0]
+def test_no_op_entries_leave_images_unchanged(index, image_batch):
+    x = image_batch[0]
     assert torch.equal(apply_op(x, index, make_generator(0)), x)
 
 
-def test_same_seed_same_output_and_seeds_differ(cifar_batch):
-    x = cifar_batch[0].repeat(4, 1, 1, 1)  # (64, 3, 32, 32)
+def test_same_seed_same_output_and_seeds_differ(image_batch):
+    x = image_batch[0].repeat(4, 1, 1, 1)  # (64, 3, 32, 32)
     a = apply_op(x, 3, make_generator(5))
     assert torch.equal(a, apply_op(x, 3, make_generator(5)))
     assert not torch.equal(a, apply_op(x, 3, make_generator(6)))
 
 
-def test_signs_are_per_image(cifar_batch):
-    x = cifar_batch[0].repeat(4, 1, 1, 1)  # (64, 3, 32, 32)
+def test_signs_are_per_image(image_batch):
+    x = image_batch[0].repeat(4, 1, 1, 1)  # (64, 3, 32, 32)
     out = apply_op(x, 3, make_generator(1))
     plus = KERNELS["translateX"](x, POOL[3].magnitude, torch.ones(64))
     minus = KERNELS["translateX"](x, POOL[3].magnitude, -torch.ones(64))
@@ -111,16 +113,16 @@ def test_signs_are_per_image(cifar_batch):
     assert bool((is_plus | is_minus).all()) and bool(is_plus.any()) and bool(is_minus.any())
 
 
-def test_translate_is_a_whole_pixel_shift_with_black_fill(cifar_batch):
-    x = cifar_batch[0][:2]
+def test_translate_is_a_whole_pixel_shift_with_black_fill(image_batch):
+    x = image_batch[0][:2]
     out = KERNELS["translateX"](x, POOL[3].magnitude, torch.tensor([1.0, -1.0]))
     # PIL samples input column floor(j + 0.5 ± 14.5015): 15 pixels either way.
     assert torch.equal(out[0, :, :, :17], x[0, :, :, 15:]) and out[0, :, :, 17:].eq(0).all()
     assert torch.equal(out[1, :, :, 15:], x[1, :, :, :17]) and out[1, :, :, :15].eq(0).all()
 
 
-def test_kernels_run_on_every_device(device, cifar_batch):
-    x = cifar_batch[0]
+def test_kernels_run_on_every_device(device, image_batch):
+    x = image_batch[0]
     signs = torch.tensor([1.0, -1.0]).repeat(8)
     for spec in POOL:
         expected = KERNELS[spec.name](x, spec.magnitude, signs)
@@ -131,8 +133,8 @@ def test_kernels_run_on_every_device(device, cifar_batch):
     assert out.device.type == device.type and out.shape == x.shape
 
 
-def test_autoaugment_semantics_honour_probability(cifar_batch):
-    x = cifar_batch[0].repeat(4, 1, 1, 1)  # (64, 3, 32, 32)
+def test_autoaugment_semantics_honour_probability(image_batch):
+    x = image_batch[0].repeat(4, 1, 1, 1)  # (64, 3, 32, 32)
     assert torch.equal(apply_op(x, 29, make_generator(0), semantics="autoaugment"), x)  # p = 0
     assert torch.equal(apply_op(x, 29, make_generator(0)), 1 - x)  # "ats": always applied
     out = apply_op(x, 9, make_generator(0), semantics="autoaugment")  # equalize, p = 0.9
@@ -140,8 +142,8 @@ def test_autoaugment_semantics_honour_probability(cifar_batch):
     assert 0 < int(untouched.sum()) < 20
 
 
-def test_bad_arguments_raise_value_error(cifar_batch):
-    x, g = cifar_batch[0], make_generator(0)
+def test_bad_arguments_raise_value_error(image_batch):
+    x, g = image_batch[0], make_generator(0)
     with pytest.raises(ValueError, match="policy index 50 is out of range 0–49"):
         apply_op(x, 50, g)
     with pytest.raises(ValueError, match="out of range"):
@@ -154,8 +156,8 @@ def test_bad_arguments_raise_value_error(cifar_batch):
         random_crop_flip((x * 255).to(torch.uint8), g)
 
 
-def test_random_crop_flip_crops_and_flips(cifar_batch):
-    x = cifar_batch[0].repeat(4, 1, 1, 1)  # (64, 3, 32, 32)
+def test_random_crop_flip_crops_and_flips(image_batch):
+    x = image_batch[0].repeat(4, 1, 1, 1)  # (64, 3, 32, 32)
     out = random_crop_flip(x, make_generator(3))
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
     assert torch.equal(out, random_crop_flip(x, make_generator(3)))

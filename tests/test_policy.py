@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ats.ops import KERNELS, POOL, random_crop_flip
+from ats.ops import KERNELS, random_crop_flip
+from ats.pool import POOL
 from ats.policy import Hybrid, Policy, parse_policy, random_policy, transform
 from ats.runtime import make_generator
 
@@ -22,7 +23,7 @@ def test_parse_builds_the_right_objects():
     assert parse_policy("3-1-7") == Policy((3, 1, 7)) == Policy.of([3, 1, 7])
     assert parse_policy("3-1-7+43-18-18") == Hybrid((Policy((3, 1, 7)), Policy((43, 18, 18))))
     assert parse_policy("3-1-7+43-18-18") == Hybrid.of([[3, 1, 7], [43, 18, 18]])
-    assert parse_policy("none") == parse_policy(" None ") == Policy(())
+    assert parse_policy("none") == parse_policy(" None ") == Policy(()) == Policy.none()
     assert parse_policy(" 3 - 1 -7 ") == Policy((3, 1, 7))  # whitespace is tolerated around parts
     assert parse_policy(" 3-1-7 + 43 -18-18 ") == parse_policy("3-1-7+43-18-18")
     assert Policy.of(np.array([3, 1, 7])) == Policy((3, 1, 7))
@@ -56,8 +57,8 @@ def test_policy_of_validates_indices(indices, expected):
         Policy.of(indices)
 
 
-def test_hybrid_assigns_one_policy_per_image(cifar_batch):
-    x = cifar_batch[0].repeat(4, 1, 1, 1)  # (64, 3, 32, 32)
+def test_hybrid_assigns_one_policy_per_image(image_batch):
+    x = image_batch[0].repeat(4, 1, 1, 1)  # (64, 3, 32, 32)
     hybrid = parse_policy("0+3")  # invert | translateX ±14.5 px
     out = hybrid.apply(x, make_generator(7))
     inverted = (out == 1 - x).flatten(1).all(1)
@@ -71,8 +72,8 @@ def test_hybrid_assigns_one_policy_per_image(cifar_batch):
     assert not torch.equal(out, hybrid.apply(x, make_generator(8)))
 
 
-def test_policy_applies_ops_in_order(cifar_batch):
-    x = cifar_batch[0]
+def test_policy_applies_ops_in_order(image_batch):
+    x = image_batch[0]
     out = Policy((0, 11)).apply(x, make_generator(0))  # invert, then posterize 6 bits
     expected = KERNELS["posterize"](1 - x, 6.0, torch.ones(16))
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
@@ -109,9 +110,11 @@ def test_random_policy_is_seeded_and_in_range():
         random_policy(make_generator(0), max_ops=0)
 
 
-def test_transform_is_crop_flip_then_policy(cifar_batch):
-    x = cifar_batch[0]
-    assert torch.equal(transform(x, None, make_generator(0), crop_flip=False), x)
+def test_transform_is_crop_flip_then_policy(image_batch):
+    x = image_batch[0]
+    assert torch.equal(transform(x, Policy.none(), make_generator(0), crop_flip=False), x)
+    with pytest.raises(ValueError, match=r"Policy\.none\(\)"):
+        transform(x, None, make_generator(0))  # no policy has one spelling
     assert torch.equal(transform(x, "0", make_generator(0), crop_flip=False), 1 - x)
     expected = 1 - random_crop_flip(x, make_generator(4))
     assert torch.equal(transform(x, Policy((0,)), make_generator(4)), expected)
@@ -123,15 +126,15 @@ def test_transform_is_crop_flip_then_policy(cifar_batch):
     assert torch.equal(Policy(()).transform(x, make_generator(0), crop_flip=False), x)
 
 
-def test_semantics_are_checked_and_honoured(cifar_batch):
-    x = cifar_batch[0]
+def test_semantics_are_checked_and_honoured(image_batch):
+    x = image_batch[0]
     with pytest.raises(ValueError, match="'AutoAugment' is not one of"):
         Policy(()).apply(x, make_generator(0), semantics="AutoAugment")
     assert torch.equal(Policy((29, 29)).apply(x, make_generator(0), semantics="autoaugment"), x)
 
 
-def test_policies_run_on_every_device(device, cifar_batch):
-    x = cifar_batch[0].to(device)
+def test_policies_run_on_every_device(device, image_batch):
+    x = image_batch[0].to(device)
     out = parse_policy("3-1-7+43-18-18").transform(x, make_generator(0, device))
     assert out.device.type == device.type and out.shape == x.shape
     assert torch.equal(out, parse_policy("3-1-7+43-18-18").transform(x, make_generator(0, device)))

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from ats import data, scores
+from ats import data, indices, scores
 from ats.models import build_model
+from ats.policy import Policy
 from ats.reference import privacy_score_sequential
 from ats.runtime import make_generator
 
@@ -29,7 +30,7 @@ def model() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def privacy_batch(test_set) -> tuple[torch.Tensor, torch.Tensor]:
-    return test_set.batch(data.PRIVACY_SET[:2])
+    return test_set.batch(indices.PRIVACY_SET[:2])
 
 
 def test_batched_privacy_equals_sequential_in_float64(model, privacy_batch):
@@ -49,7 +50,7 @@ def test_batched_privacy_equals_sequential_in_float64(model, privacy_batch):
 
 
 def test_curves_shape_endpoint_and_range(model, test_set):
-    x, y = test_set.batch(data.PRIVACY_SET[:SMOKE.privacy_images])
+    x, y = test_set.batch(indices.PRIVACY_SET[:SMOKE.privacy_images])
     score = scores.privacy_score(model, "none", x, y, generator=make_generator(0), config=SMOKE)
     assert score.curves.shape == (4, SMOKE.points) and score.per_image.shape == (4,)
     assert torch.equal(score.curves[:, -1], torch.ones(4))
@@ -68,16 +69,16 @@ def test_seed_reproducibility_and_common_random_numbers(model, privacy_batch):
     other = scores.privacy_score(model, "3-1-7", x, y, generator=make_generator(2), config=FAST)
     assert torch.equal(first.per_image, again.per_image)
     assert not torch.equal(first.per_image, other.per_image)
-    plain_images, plain_starts = scores.privacy_inputs(None, x, make_generator(1))
+    plain_images, plain_starts = scores.privacy_inputs(Policy.none(), x, make_generator(1))
     policy_images, policy_starts = scores.privacy_inputs("3-1-7", x, make_generator(1))
     assert torch.equal(plain_starts, policy_starts)  # same noise for every policy
     assert not torch.equal(plain_images, policy_images)
-    assert torch.equal(scores.privacy_inputs(None, x, make_generator(1))[0], plain_images)
+    assert torch.equal(scores.privacy_inputs(Policy.none(), x, make_generator(1))[0], plain_images)
 
 
 def test_a_policy_changes_the_score(model, privacy_batch):
     x, y = privacy_batch
-    plain = scores.privacy_score(model, None, x, y, generator=make_generator(0), config=FAST)
+    plain = scores.privacy_score(model, Policy.none(), x, y, generator=make_generator(0), config=FAST)
     policy = scores.privacy_score(model, "3-1-7", x, y, generator=make_generator(0), config=FAST)
     assert plain.policy == "none" and policy.policy == "3-1-7"
     assert abs(plain.value - policy.value) > 1e-4
@@ -86,7 +87,7 @@ def test_a_policy_changes_the_score(model, privacy_batch):
 def test_accuracy_score_equals_numpy_on_the_same_jacobian(test_set):
     model = scores.accuracy_model(SMOKE, seed=0)
     assert not model.training
-    windows = [test_set.batch(w) for w in data.accuracy_windows(2)]
+    windows = [test_set.batch(w) for w in indices.accuracy_windows(2)]
     score = scores.accuracy_score(model, "3-1-7", windows, generator=make_generator(3), config=SMOKE)
     views = scores.accuracy_inputs("3-1-7", windows, make_generator(3))
     expected = []
@@ -100,7 +101,7 @@ def test_accuracy_score_equals_numpy_on_the_same_jacobian(test_set):
     assert score.value == pytest.approx(np.mean(expected), rel=1e-5)
     assert score.normalized == pytest.approx(np.mean(np.array(expected) / np.array(score.sizes)), rel=1e-5)
     assert score.value <= -min(score.sizes)  # log λ + 1/λ ≥ 1 and Σλ = N
-    plain = scores.accuracy_score(model, None, windows, generator=make_generator(3), config=SMOKE)
+    plain = scores.accuracy_score(model, Policy.none(), windows, generator=make_generator(3), config=SMOKE)
     assert plain.sizes == score.sizes and plain.value != score.value
 
 
@@ -142,10 +143,12 @@ def test_per_class_variant_shapes(model, test_set):
 
 
 def test_score_policy_cvpr_images_and_seed(model, test_set):
-    first = scores.score_policy(None, privacy_model=model, accuracy_model=model, data=test_set, config=FAST, seed=4)
-    again = scores.score_policy(None, privacy_model=model, accuracy_model=model, data=test_set, config=FAST, seed=4)
+    first = scores.score_policy(Policy.none(), privacy_model=model, accuracy_model=model, data=test_set,
+                                config=FAST, seed=4)
+    again = scores.score_policy(Policy.none(), privacy_model=model, accuracy_model=model, data=test_set,
+                                config=FAST, seed=4)
     privacy, accuracy = first
-    assert torch.equal(privacy.labels, test_set.labels[list(data.PRIVACY_SET[:4])])
+    assert torch.equal(privacy.labels, test_set.labels[list(indices.PRIVACY_SET[:4])])
     assert torch.equal(privacy.per_image, again[0].per_image) and accuracy.value == again[1].value
     assert accuracy.per_run.shape == (FAST.accuracy_runs,)
 
@@ -180,22 +183,22 @@ def test_bad_inputs_raise(model, privacy_batch):
     x, y = privacy_batch
     g = make_generator(0)
     with pytest.raises(ValueError, match="no images"):
-        scores.privacy_score(model, None, x[:0], y[:0], generator=g, config=SMOKE)
+        scores.privacy_score(model, Policy.none(), x[:0], y[:0], generator=g, config=SMOKE)
     with pytest.raises(ValueError, match="labels"):
-        scores.privacy_score(model, None, x, y[:1], generator=g, config=SMOKE)
+        scores.privacy_score(model, Policy.none(), x, y[:1], generator=g, config=SMOKE)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        scores.privacy_score(model, None, x * 2, y, generator=g, config=SMOKE)
+        scores.privacy_score(model, Policy.none(), x * 2, y, generator=g, config=SMOKE)
     with pytest.raises(ValueError, match="50"):
         scores.privacy_score(model, "50", x, y, generator=g, config=SMOKE)
     with pytest.raises(ValueError, match="no accuracy windows"):
-        scores.accuracy_score(model, None, [], generator=g, config=SMOKE)
+        scores.accuracy_score(model, Policy.none(), [], generator=g, config=SMOKE)
     with pytest.raises(ValueError, match="no images"):
-        scores.accuracy_score(model, None, [(x[:0], y[:0])], generator=g, config=SMOKE)
+        scores.accuracy_score(model, Policy.none(), [(x[:0], y[:0])], generator=g, config=SMOKE)
 
 
 def test_model_mode_is_restored(privacy_batch):
     x, y = privacy_batch
     model = build_model("resnet20", 100, seed=0).train()
     before = model.bn1.running_mean.clone()
-    scores.privacy_score(model, None, x[:1], y[:1], generator=make_generator(0), config=SMOKE)
+    scores.privacy_score(model, Policy.none(), x[:1], y[:1], generator=make_generator(0), config=SMOKE)
     assert model.training and torch.equal(model.bn1.running_mean, before)

@@ -16,6 +16,8 @@ import torch
 
 from ats import search
 from ats.policy import Policy
+from ats.racing import Racing, surely_beaten
+from ats.selection import pareto_front, select
 from ats.store import ScoreRow, Store
 
 
@@ -60,41 +62,41 @@ ROWS = [
 
 
 def test_select_filters_ranks_and_builds_a_disjoint_hybrid():
-    selection = search.select(ROWS, threshold=-85.0, top=2)
+    selection = select(ROWS, threshold=-85.0, top=2)
     assert [r.policy for r in selection.ranked] == ["3-1-7", "7-9", "43-18-18", "5", "6"]
     assert [r.policy for r in selection.top] == ["3-1-7", "7-9"]
     assert str(selection.hybrid) == "3-1-7+43-18-18" and selection.hybrid.is_disjoint()
     assert selection.candidates == 7 and selection.rejected == 2 and selection.ok and not selection.note
-    three = search.select(ROWS, threshold=-85.0, top=3)
+    three = select(ROWS, threshold=-85.0, top=3)
     assert str(three.hybrid) == "3-1-7+43-18-18+5"
-    loose = search.select(ROWS, threshold=-95.0, top=1)
+    loose = select(ROWS, threshold=-95.0, top=1)
     assert [r.policy for r in loose.top] == ["1-2"] and str(loose.hybrid) == "1-2+7-9"  # 3-1-7 shares op 1
 
 
 def test_pareto_front_keeps_only_undominated_rows():
-    front = search.pareto_front(ROWS)
+    front = pareto_front(ROWS)
     assert [r.policy for r in front] == ["1-2", "3-1-7", "43-18-18", "5"]
-    assert search.select(ROWS).pareto == front
+    assert select(ROWS).pareto == front
     tie = [row("1", 0.2, -80.0), row("2", 0.2, -80.0), row("3", 0.2, -81.0)]
-    assert [r.policy for r in search.pareto_front(tie)] == ["1", "2"]
+    assert [r.policy for r in pareto_front(tie)] == ["1", "2"]
 
 
 def test_nothing_passing_is_reported_not_raised():
-    selection = search.select(ROWS, threshold=-10.0)
+    selection = select(ROWS, threshold=-10.0)
     assert not selection.ok and selection.top == () and selection.hybrid is None
     assert "no policy passes the accuracy threshold -10" in selection.note and "for 5" in selection.note
     assert len(selection.pareto) == 4  # the front is still there to look at
-    assert "no scored policies" in search.select([]).note
+    assert "no scored policies" in select([]).note
 
 
 def test_alpha_blends_min_max_normalised_mean_and_variance():
     rows = [row("1", 0.2, -80.0, (0.0, 0.4)), row("2", 0.3, -80.0, (0.3, 0.3)), row("3", 0.4, -80.0, (0.35, 0.45))]
-    assert [r.policy for r in search.select(rows, alpha=1.0).ranked] == ["1", "2", "3"]
-    assert [r.policy for r in search.select(rows, alpha=0.0).ranked] == ["2", "3", "1"]
-    blended = search.select(rows, alpha=0.7)  # variances 0.04, 0, 0.0025
+    assert [r.policy for r in select(rows, alpha=1.0).ranked] == ["1", "2", "3"]
+    assert [r.policy for r in select(rows, alpha=0.0).ranked] == ["2", "3", "1"]
+    blended = select(rows, alpha=0.7)  # variances 0.04, 0, 0.0025
     assert blended.ranking == pytest.approx((0.3, 0.35, 0.7 + 0.3 * 0.0625))
     with pytest.raises(ValueError, match="alpha"):
-        search.select(rows, alpha=1.5)
+        select(rows, alpha=1.5)
 
 
 # --- resumable scoring with a stand-in scorer --------------------------------------------------
@@ -146,10 +148,10 @@ def test_surely_beaten_counts_clear_paired_wins_only():
     generator = torch.Generator().manual_seed(0)
     image_effect = torch.rand(1, 32, generator=generator)  # shared by all policies: pairing removes it
     values = image_effect + torch.tensor([[0.0], [0.01], [0.3], [0.3]]) + 0.001 * torch.randn(4, 32, generator=generator)
-    beaten = search.surely_beaten(values, values, z=3.0)
+    beaten = surely_beaten(values, values, z=3.0)
     assert beaten.tolist() == [0, 1, 2, 2]
-    assert search.surely_beaten(values[:, :1], values[:, :1], z=3.0).tolist() == [0, 0, 0, 0]  # one image: no call
-    assert search.Racing(first=8).rounds(100) == [8, 16, 32, 64] and search.Racing().rounds(4) == []
+    assert surely_beaten(values[:, :1], values[:, :1], z=3.0).tolist() == [0, 0, 0, 0]  # one image: no call
+    assert Racing(first=8).rounds(100) == [8, 16, 32, 64] and Racing().rounds(4) == []
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +169,7 @@ def lenet_setup(data_dir):
 
 def test_racing_stores_full_scores_of_survivors_only(tmp_path, lenet_setup):
     policies = search.candidates(4, seed=1)
-    race = search.Racing(keep=1, first=2, z=2.0, threshold=-1e9)
+    race = Racing(keep=1, first=2, z=2.0, threshold=-1e9)
     with Store.open(tmp_path / "race.db") as store:
         raced = search.run_search(policies, store=store, racing=race, **lenet_setup)
     with Store.open(tmp_path / "full.db") as store:
@@ -177,7 +179,7 @@ def test_racing_stores_full_scores_of_survivors_only(tmp_path, lenet_setup):
     exhaustive = {r.policy: r for r in full.rows}
     for r in raced.rows:  # a raced row is the full definition's row, nothing partial
         assert r.images == 8 and r.privacy == pytest.approx(exhaustive[r.policy].privacy, abs=1e-6)
-    best = [r.policy for r in search.select(full.rows, threshold=-1e9).top]
+    best = [r.policy for r in select(full.rows, threshold=-1e9).top]
     assert best[0] in {r.policy for r in raced.rows}
 
 
@@ -185,11 +187,11 @@ def test_racing_stores_full_scores_of_survivors_only(tmp_path, lenet_setup):
 
 @pytest.fixture(scope="module")
 def lenet_checkpoint(tmp_path_factory):
-    from ats import models
+    from ats import checkpoints, models
 
     path = tmp_path_factory.mktemp("models") / "tiny-lenet.pt"
     model = models.build_model("lenet", 100, seed=1)
-    return models.save_checkpoint(path, model, models.ModelMeta("lenet", "cifar100", 100, "none", recipe="test"))
+    return checkpoints.save_checkpoint(path, model, checkpoints.ModelMeta("lenet", "cifar100", 100, "none", recipe="test"))
 
 
 def test_score_json_contract(capsys, data_dir, lenet_checkpoint):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ats.store import ScoreRow, Store
+from ats.store import BenchmarkRow, ScoreRow, Store
 
 
 def row(policy: str = "3-1-7", privacy: float = 0.3, definition: str = "def-A", **changes) -> ScoreRow:
@@ -96,3 +96,22 @@ def test_concurrent_writers_and_reopen(tmp_path):
     with Store.open(path) as store:
         assert sorted(int(r.policy) for r in store.get_scores("def-A", "ck", 0)) == list(range(50))
         assert store.groups()[0].rows == 50
+
+
+def test_a_benchmark_row_of_an_older_version_reads_back_with_the_new_metric_names(tmp_path):
+    legacy_summary = {"psnr_mean": 12.5, "psnr_std": 1.5, "psnr_original_mean": 10.0, "psnr_original_std": 2.0,
+                      "ssim_mean": 0.4, "ssim_original_mean": 0.3, "label_accuracy": 1.0, "failed": 0,
+                      "accuracy": 0.7}
+    legacy_image = {"index": 0, "label": 3, "label_recovered": True, "psnr": 10.0, "psnr_transformed": 12.5,
+                    "ssim": 0.3, "ssim_transformed": 0.4, "mse": 0.1, "iterations": 4, "status": "ok"}
+    old = BenchmarkRow("table", "3-1-7", "none", "ig", "ck", 1, 4, 0, legacy_summary, (legacy_image,), 1.0)
+    with Store.open(tmp_path / "old.db") as store:
+        store.put_benchmark(old)  # stored as an older version wrote it
+    with Store.open(tmp_path / "old.db") as store:
+        (back,) = store.benchmark_rows()
+        assert store.get_benchmark(old.key) == back
+    assert back.summary == {"psnr_tx_mean": 12.5, "psnr_tx_std": 1.5, "psnr_x_mean": 10.0, "psnr_x_std": 2.0,
+                            "ssim_tx_mean": 0.4, "ssim_x_mean": 0.3, "label_accuracy": 1.0, "failed": 0,
+                            "accuracy": 0.7}
+    assert back.per_image == ({"index": 0, "label": 3, "label_recovered": True, "psnr_x": 10.0, "psnr_tx": 12.5,
+                               "ssim_x": 0.3, "ssim_tx": 0.4, "mse_x": 0.1, "iterations": 4, "status": "ok"},)

@@ -7,9 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ats import data, models
+from ats import checkpoints, data, models
 from ats.cli import main
-from ats.train import TrainProgress, TrainRecipe, evaluate, state_path, train, training_subset
+from ats.recipes import TrainRecipe
+from ats.train import TrainProgress, evaluate, state_path, train, training_subset
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_smoke_trains_loss_falls_and_checkpoint_loads(small_train, small_test, t
     assert len(steps) == 4 * 4 and steps[-1].epoch == 4 and steps[-1].batch == steps[-1].batches == 4
     assert result.epoch_losses[-1] < result.epoch_losses[0]
     assert not state_path(tmp_path / "m.pt").exists()  # removed once the run is done
-    model, meta = models.load_checkpoint(result.checkpoint)
+    model, meta = checkpoints.load_checkpoint(result.checkpoint)
     assert (meta.arch, meta.dataset, meta.num_classes, meta.policy) == ("resnet20", "cifar100", 100, "none")
     assert (meta.epochs, meta.recipe, meta.seed) == (4, "smoke", 0)
     assert meta.extra["train_images"] == 100 and meta.extra["recipe"]["lr"] == 0.05
@@ -98,8 +99,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(small_train, tmp
     resumed = train(recipe, policy="13", data=small_train, out=out, seed=3, device="cpu", resume=True)
     assert resumed.resumed_from == 1 and whole.resumed_from == 0
     assert resumed.epoch_losses == pytest.approx(whole.epoch_losses, rel=1e-6)
-    a, _ = models.load_checkpoint(whole.checkpoint)
-    b, _ = models.load_checkpoint(resumed.checkpoint)
+    a, _ = checkpoints.load_checkpoint(whole.checkpoint)
+    b, _ = checkpoints.load_checkpoint(resumed.checkpoint)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7, msg=name)
 
@@ -120,7 +121,7 @@ def test_policy_is_applied_to_the_training_batches(small_train, tmp_path):
     levels = torch.cat([x.flatten() for x in seen])
     assert (levels - levels.round()).abs().max() < 1e-3 and (levels.round() % 4 == 0).all()
     assert (small_train.images % 4 != 0).float().mean() > 0.5  # the raw pixels are not
-    assert models.load_checkpoint(tmp_path / "p.pt")[1].policy == "11"
+    assert checkpoints.load_checkpoint(tmp_path / "p.pt")[1].policy == "11"
 
 
 def test_cli_train_smoke_json(capsys, tmp_path, data_dir):
@@ -132,7 +133,7 @@ def test_cli_train_smoke_json(capsys, tmp_path, data_dir):
     assert set(doc) == {"checkpoint", "accuracy", "epochs", "seconds", "device"}
     assert doc["checkpoint"] == str(out) and doc["epochs"] == 2 and doc["device"] == "cpu"
     assert 0.0 <= doc["accuracy"] <= 1.0 and doc["seconds"] > 0
-    meta = models.load_checkpoint(out)[1]
+    meta = checkpoints.load_checkpoint(out)[1]
     assert (meta.recipe, meta.seed, meta.accuracy) == ("smoke", 1, doc["accuracy"])
 
 

@@ -1,0 +1,228 @@
+"""The gradient-inversion objective: candidates as flat variables, and the cost each one pays.
+
+A `Problem` lays an attack out as arrays: N = groups × restarts candidates, each a flat variable
+of k normalized images (+ k label logits for DLG's joint labels, + a learned shift for the
+policy-aware attacker, `ats.aware`). A candidate's cost is the distance between the gradient its
+images produce and the target gradient the client shared:
+
+* cosine, 1 − ⟨g, g*⟩ / (‖g‖‖g*‖) over all layers at once: Inverting Gradients (Geiping et al.,
+  NeurIPS 2020), as Gao et al. (CVPR 2021) evaluate it, plus a total-variation prior;
+* squared L2: Deep Leakage from Gradients (Zhu et al., NeurIPS 2019) and iDLG (Zhao et al., 2020);
+* L1: the Adam+L1 variant of Gao et al.'s Table 2.
+
+All candidates' costs and their gradients come from one `torch.func.vmap(grad_and_value(...))`.
+Images live in the model's normalized input space, as in the original, so that the learning
+rates, TV weight and box mean the same; `to_pixels` maps them back to [0, 1].
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, grad_and_value, vmap
+
+from ats.aware import shift_hypotheses, warp
+from ats.federated import SharedUpdate, infer_labels
+from ats.models import input_stats, num_classes
+from ats.policy import Hybrid, Policy
+
+if TYPE_CHECKING:
+    from ats.attacks import AttackConfig
+
+
+@dataclass
+class Problem:
+    """The attack as arrays: N = groups × restarts candidates of k images each."""
+
+    model: nn.Module
+    params: dict[str, Tensor]
+    buffers: dict[str, Tensor]
+    config: AttackConfig
+    targets: tuple[Tensor, ...]  # per parameter (G, *shape)
+    labels: Tensor  # (G, k) known or inferred; unused for joint labels
+    groups: int
+    k: int
+    shape: tuple[int, int, int]
+    mean: Tensor  # (3, 1, 1) the model's input normalization
+    std: Tensor
+    num_classes: int
+    half: bool
+    reach: Tensor  # (2,) the largest |shift| in pixels (x, y) the aware attacker considers
+    starts: Tensor  # (N, 2) per candidate: the shift it starts from (aware attacks)
+    flips: Tensor  # (N,) bool, per candidate: does it assume a flipped image (aware attacks)
+
+    @classmethod
+    def build(cls, model: nn.Module, update: SharedUpdate, config: AttackConfig, *, joint: bool,
+              policy: Policy | Hybrid | str = Policy.none(), crop_flip: bool = False) -> Problem:
+        """Attack `update` on `model`: jointly (one group of the whole batch) or image by image.
+
+        `policy` and `crop_flip`: what the attacker knows of the client's transform, from which
+        the policy-aware attacker's shift hypotheses come (unused by the other attacks).
+        """
+        model.eval()
+        device = next(model.parameters()).device
+        update = update.to(device)
+        _check_update(model, update, joint)
+        batch = update.batch_size
+        groups, k = (1, batch) if joint else (batch, 1)
+        targets = tuple(g if update.per_example else g.unsqueeze(0) for g in update.gradients)
+        labels = _attack_labels(model, update, config, device)
+        mean, std = (t.reshape(-1, 1, 1).to(device) for t in input_stats(model))
+        reach, starts, flips = shift_hypotheses(policy, crop_flip, config.restarts, update.image_shape[-1])
+        return cls(
+            model=model,
+            params={n: p.detach() for n, p in model.named_parameters()},
+            buffers={n: b.detach() for n, b in model.named_buffers()},
+            config=config,
+            targets=targets,
+            labels=labels.reshape(groups, k),
+            groups=groups,
+            k=k,
+            shape=tuple(update.image_shape),
+            mean=mean,
+            std=std,
+            num_classes=num_classes(model),
+            half=update.loss == "half-ce",
+            reach=reach.to(device),
+            starts=starts.repeat(groups, 1).to(device),
+            flips=flips.repeat(groups).to(device),
+        )
+
+    @property
+    def image_size(self) -> int:
+        return self.k * math.prod(self.shape)
+
+    @property
+    def size(self) -> int:
+        """Length of one candidate's variable: its images (+ its label logits, for joint labels)."""
+        extra = self.k * self.num_classes if self.config.labels == "joint" else 0
+        return self.image_size + extra + (2 if self.config.aware else 0)
+
+    @property
+    def candidates(self) -> int:
+        return self.groups * self.config.restarts
+
+    def group_of(self) -> Tensor:
+        """The group (target) of each candidate, target-major: (N,)."""
+        return torch.arange(self.groups, device=self.mean.device).repeat_interleave(self.config.restarts)
+
+    def initial(self, generator: torch.Generator | None, init: Tensor | None) -> Tensor:
+        """The starting variables (N, D): `init`'s images or the config's random ones, leaf tensors."""
+        n, device = self.candidates, self.mean.device
+        if init is not None:
+            if init.numel() != n * self.image_size:
+                raise ValueError(f"init has {init.numel()} values, expected {n} candidates × {self.image_size}")
+            images = init.to(device, torch.float32).reshape(n, self.image_size)
+        elif self.config.init == "randn":
+            images = torch.randn(n, self.image_size, generator=generator, device=device)
+        elif self.config.init == "rand":
+            images = torch.rand(n, self.image_size, generator=generator, device=device)
+        else:
+            images = torch.zeros(n, self.image_size, device=device)
+        if self.config.labels == "joint":
+            logits = torch.randn(n, self.size - self.image_size, generator=generator, device=device)
+            images = torch.cat([images, logits], dim=1)
+        if self.config.aware:  # each candidate starts from its hypothesis' shift
+            images = torch.cat([images, self.starts], dim=1)
+        return images.clone().requires_grad_(True)
+
+    def unpack(self, v: Tensor) -> tuple[Tensor, Tensor | None]:
+        """One candidate's variable -> (normalized images (k, C, H, W), label logits (k, classes) or None)."""
+        images = v[: self.image_size].reshape(self.k, *self.shape)
+        logits = (v[self.image_size: self.image_size + self.k * self.num_classes].reshape(self.k, self.num_classes)
+                  if self.config.labels == "joint" else None)
+        return images, logits
+
+    def to_pixels(self, z: Tensor) -> Tensor:
+        """Candidates' normalized images -> pixel space, (N, k, C, H, W)."""
+        images = z.detach()[:, : self.image_size].reshape(-1, self.k, *self.shape)
+        return images * self.std + self.mean
+
+    def bounds(self) -> tuple[Tensor, Tensor]:
+        """The image of the pixel box [0, 1] in normalized space: (low, high)."""
+        return (0 - self.mean) / self.std, (1 - self.mean) / self.std
+
+    def candidate_cost(self, v: Tensor, target: tuple[Tensor, ...], labels: Tensor, flip: Tensor,
+                       with_tv: bool = True) -> Tensor:
+        """Gradient-matching cost of one candidate (+ TV): the attack's objective."""
+        images, logits = self.unpack(v)
+        pixels = images * self.std + self.mean
+        if self.config.aware:
+            pixels = warp(pixels, v[-2:], flip)
+
+        def loss_of(params: dict[str, Tensor]) -> Tensor:
+            out = functional_call(self.model, (params, self.buffers), (pixels,))
+            logp = torch.log_softmax(out, dim=-1)
+            if logits is None:
+                loss = -logp.gather(1, labels[:, None]).mean()
+            else:
+                loss = -(torch.softmax(logits, dim=-1) * logp).sum(-1).mean()
+            return 0.5 * loss if self.half else loss
+
+        trial = grad(loss_of)(self.params)
+        cost = _COST[self.config.cost](tuple(trial.values()), target)
+        if with_tv and self.config.tv > 0:
+            cost = cost + self.config.tv * total_variation(images)
+        return cost
+
+    def costs_and_grads(self, z: Tensor, with_tv: bool = True) -> tuple[Tensor, Tensor]:
+        """All candidates' costs (N,) and their gradients w.r.t. the variables (N, D), batched."""
+        index = self.group_of()
+        targets = tuple(t[index] for t in self.targets)
+        labels = self.labels[index]
+        fn = grad_and_value(lambda v, t, y, f: self.candidate_cost(v, t, y, f, with_tv))
+        grads, costs = vmap(fn)(z.detach(), targets, labels, self.flips)
+        return costs, grads
+
+
+def _check_update(model: nn.Module, update: SharedUpdate, joint: bool) -> None:
+    """A ValueError unless `update` was computed on `model` and can be attacked this way."""
+    names = [name for name, _ in model.named_parameters()]
+    if tuple(names) != tuple(update.names):
+        raise ValueError("the shared update was not computed on this model's parameters")
+    batch = update.batch_size
+    if update.per_example and joint:
+        raise ValueError("a per-example update holds one gradient per image: attack it independently")
+    if not update.per_example and batch > 1 and not joint:
+        raise ValueError(f"an aggregated update of {batch} images can only be attacked jointly")
+
+
+def _attack_labels(model: nn.Module, update: SharedUpdate, config: AttackConfig, device: torch.device) -> Tensor:
+    """The labels the attacker uses (B,): leaked, inferred (iDLG / bias rule), or placeholders (joint)."""
+    if config.labels == "known":
+        if update.labels is None:
+            raise ValueError("labels='known' needs the labels in the shared update, but this client kept them "
+                             "(share_labels=False); attack with labels='infer' or 'joint'")
+        return update.labels.to(device)
+    if config.labels == "infer":
+        return infer_labels(update, model).to(device)
+    return torch.zeros(update.batch_size, dtype=torch.long, device=device)
+
+
+def _cosine_cost(trial: tuple[Tensor, ...], target: tuple[Tensor, ...]) -> Tensor:
+    """1 − ⟨g, g*⟩ / (‖g‖‖g*‖) over all layers at once (inversefed's "sim")."""
+    dot = sum((a * b).sum() for a, b in zip(trial, target))
+    norm_a = sum(a.pow(2).sum() for a in trial).sqrt()
+    norm_b = sum(b.pow(2).sum() for b in target).sqrt()
+    return 1 - dot / (norm_a * norm_b).clamp_min(1e-30)
+
+
+def _l2_cost(trial: tuple[Tensor, ...], target: tuple[Tensor, ...]) -> Tensor:
+    return sum((a - b).pow(2).sum() for a, b in zip(trial, target))
+
+
+def _l1_cost(trial: tuple[Tensor, ...], target: tuple[Tensor, ...]) -> Tensor:
+    return sum((a - b).abs().sum() for a, b in zip(trial, target))
+
+
+_COST = {"cosine": _cosine_cost, "l2": _l2_cost, "l1": _l1_cost}
+
+
+def total_variation(x: Tensor) -> Tensor:
+    """Anisotropic TV as in Inverting Gradients: mean|Δx| + mean|Δy| over (…, H, W)."""
+    dx = (x[..., :, :-1] - x[..., :, 1:]).abs().mean()
+    dy = (x[..., :-1, :] - x[..., 1:, :]).abs().mean()
+    return dx + dy

@@ -1,0 +1,163 @@
+"""The attack's optimizers, stepping all N candidates of a `Problem` at once.
+
+* Adam (Inverting Gradients, Geiping et al., NeurIPS 2020, as Gao et al., CVPR 2021, configure
+  it: on the sign of the image gradient, lr ×0.1 at 3/8, 5/8 and 7/8 of the run) and Nesterov SGD
+  (Gao et al.'s Table 2). Both act elementwise, so batching the candidates changes nothing.
+* L-BFGS (Deep Leakage from Gradients, Zhu et al., NeurIPS 2019, and iDLG): `torch.optim.LBFGS`
+  without line search, re-implemented batched with one curvature history per candidate.
+
+After every update the images may be clamped to the image of the pixel box [0, 1] (and an aware
+attacker's shift to its reach). A candidate whose cost or gradient turns non-finite is frozen
+and its cost reported as NaN; the others go on.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from ats.attacks import AttackConfig
+    from ats.objective import Problem
+
+
+def make_stepper(problem: Problem, config: AttackConfig, z: Tensor) -> Callable[[int], Tensor]:
+    """A function `step(iteration) -> costs (N,)` advancing every candidate by one iteration.
+
+    The costs returned are those of the candidates before the step (NaN where non-finite).
+    """
+    if config.optimizer == "lbfgs":
+        return BatchedLBFGS(problem, config, z).step
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam([z], lr=config.lr)
+    else:
+        optimizer = torch.optim.SGD([z], lr=config.lr, momentum=config.momentum, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=lr_milestones(config), gamma=0.1)
+    alive = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
+
+    def step(iteration: int) -> Tensor:
+        costs, grads = problem.costs_and_grads(z)
+        finite = torch.isfinite(costs) & torch.isfinite(grads).all(dim=1)
+        alive.logical_and_(finite)
+        grads = torch.where(alive[:, None], grads, torch.zeros_like(grads))
+        z.grad = grads.sign() if config.signed else grads
+        optimizer.step()
+        scheduler.step()
+        if config.boxed:
+            clamp_to_box(problem, z)
+        return torch.where(alive, costs.detach(), torch.full_like(costs, float("nan")))
+
+    return step
+
+
+def lr_milestones(config: AttackConfig) -> list[int]:
+    """Iterations after which the lr drops ×0.1: about 3/8, 5/8 and 7/8 of the run.
+
+    Computed exactly as Inverting Gradients does (`iterations // 2.667`, `// 1.6`, `// 1.142`):
+    1799, 3000 and 4203 for 4,800 iterations.
+    """
+    if not config.lr_decay:
+        return []
+    return [int(config.iterations // f) for f in (2.667, 1.6, 1.142)]
+
+
+def clamp_to_box(problem: Problem, z: Tensor) -> None:
+    """In place: the images into the normalized image of [0, 1], an aware shift into its reach."""
+    low, high = problem.bounds()
+    with torch.no_grad():
+        images = z[:, : problem.image_size].view(-1, problem.k, *problem.shape)
+        images.copy_(torch.maximum(torch.minimum(images, high), low))
+        if problem.config.aware:
+            z[:, -2:].copy_(torch.maximum(torch.minimum(z[:, -2:], problem.reach), -problem.reach))
+
+
+class BatchedLBFGS:
+    """torch.optim.LBFGS (no line search) run for N independent problems at once.
+
+    One iteration is one `LBFGS.step()`: up to `config.inner` gradient evaluations and updates
+    (torch's `max_iter`, 20 by default), as DLG counts its 300 iterations. Each candidate keeps
+    its own curvature history and torch's stopping rules: a non-descent direction or a vanishing
+    gradient stops it for good; a negligible step or change of loss ends its current iteration.
+    """
+
+    def __init__(self, problem: Problem, config: AttackConfig, z: Tensor):
+        self.problem, self.config, self.z = problem, config, z
+        n, d, m = z.shape[0], z.shape[1], config.history
+        self.s = torch.zeros(n, m, d, device=z.device)
+        self.y = torch.zeros(n, m, d, device=z.device)
+        self.rho = torch.zeros(n, m, device=z.device)  # 0 marks an unused slot: a no-op in the recursion
+        self.h_diag = torch.ones(n, device=z.device)
+        self.prev_grad: Tensor | None = None
+        self.prev_step = torch.zeros(n, d, device=z.device)
+        self.alive = torch.ones(n, dtype=torch.bool, device=z.device)  # not failed, not converged
+        self.finite = torch.ones(n, dtype=torch.bool, device=z.device)
+        self.count = 0
+
+    def step(self, iteration: int) -> Tensor:
+        """One L-BFGS iteration for every candidate; returns the costs (N,) it started from."""
+        active = self.alive.clone()
+        first_costs = None
+        previous = torch.full((self.z.shape[0],), float("inf"), device=self.z.device)
+        for _ in range(self.config.inner):
+            costs, g = self.problem.costs_and_grads(self.z)
+            finite = torch.isfinite(costs) & torch.isfinite(g).all(dim=1)
+            self.finite &= finite
+            self.alive &= finite
+            if first_costs is None:
+                first_costs = torch.where(self.finite, costs.detach(), torch.full_like(costs, float("nan")))
+            g = torch.where(self.alive[:, None], g, torch.zeros_like(g))
+            self.alive &= g.abs().amax(dim=1) > 1e-7  # torch's tolerance_grad
+            active &= self.alive & ((costs - previous).abs() >= 1e-9)  # tolerance_change on the loss
+            previous = costs.detach()
+            if not bool(active.any()):
+                break
+            direction, t = self._direction(g, costs, active)
+            descent = (g * direction).sum(dim=1) < -1e-9  # torch stops on a non-descent direction
+            self.alive &= descent | ~active
+            active &= descent
+            step = torch.where(active[:, None], t[:, None] * direction, torch.zeros_like(direction))
+            self.prev_grad = torch.where(active[:, None], g, self.prev_grad if self.prev_grad is not None else g)
+            self.prev_step = torch.where(active[:, None], step, self.prev_step)
+            with torch.no_grad():
+                self.z += step
+            if self.config.boxed:
+                clamp_to_box(self.problem, self.z)
+            active &= step.abs().amax(dim=1) > 1e-9
+        return first_costs
+
+    def _direction(self, g: Tensor, costs: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
+        """The search direction (N, D) and step size (N,): steepest descent first, then L-BFGS."""
+        if self.prev_grad is None:
+            return -g, (1.0 / g.abs().sum(dim=1).clamp_min(1e-30)).clamp(max=1.0) * self.config.lr
+        self._remember(g - self.prev_grad, self.prev_step, active)
+        return self._two_loop(-g), torch.full_like(costs, self.config.lr)
+
+    def _remember(self, y: Tensor, s: Tensor, active: Tensor) -> None:
+        """Store the pair (s, y) in the ring where it has positive curvature, as torch does."""
+        ys = (y * s).sum(dim=1)  # (N,)
+        ok = (ys > 1e-10) & active
+        slot = self.count % self.config.history
+        self.count += 1
+        keep = ok[:, None]
+        self.s[:, slot] = torch.where(keep, s, self.s[:, slot])
+        self.y[:, slot] = torch.where(keep, y, self.y[:, slot])
+        self.rho[:, slot] = torch.where(ok, 1.0 / ys.clamp_min(1e-10), self.rho[:, slot] * 0)
+        yy = (y * y).sum(dim=1).clamp_min(1e-30)
+        self.h_diag = torch.where(ok, ys / yy, self.h_diag)
+
+    def _two_loop(self, q: Tensor) -> Tensor:
+        """H·q by the L-BFGS two-loop recursion over each candidate's history, newest first."""
+        m = self.config.history
+        newest = (self.count - 1) % m
+        order = [(newest - i) % m for i in range(min(self.count, m))]
+        alphas = {}
+        for i in order:
+            alphas[i] = (self.s[:, i] * q).sum(dim=1) * self.rho[:, i]
+            q = q - alphas[i][:, None] * self.y[:, i]
+        r = q * self.h_diag[:, None]
+        for i in reversed(order):
+            beta = (self.y[:, i] * r).sum(dim=1) * self.rho[:, i]
+            r = r + self.s[:, i] * (alphas[i] - beta)[:, None]
+        return r
