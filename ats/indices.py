@@ -68,18 +68,27 @@ def class_balanced_subset(labels: Sequence[int] | torch.Tensor, fraction: float,
     return tuple(sorted(grouped[rank < keep[labels[grouped]]].tolist()))
 
 
-def parse_indices(text: str) -> tuple[int, ...]:
-    """"0-4" -> (0, 1, 2, 3, 4); "0,3,7"; "0-4,9". Ranges are inclusive; no repeats."""
+MAX_INDICES = 100_000  # more than any split here holds (CIFAR train: 50,000)
+
+
+def parse_indices(text: str, *, limit: int = MAX_INDICES) -> tuple[int, ...]:
+    """"0-4" -> (0, 1, 2, 3, 4); "0,3,7"; "0-4,9". Ranges are inclusive; no repeats; ASCII digits.
+
+    At most `limit` indices, refused before any list is built, and checked in linear time."""
     indices: list[int] = []
     for part in str(text).replace(" ", "").split(","):
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        match = re.fullmatch(r"([0-9]{1,9})(?:-([0-9]{1,9}))?", part)
         if match is None:
             raise ValueError(f"indices {text!r}: {part!r} is not a number or a range like 0-4")
         first, last = int(match[1]), int(match[2] or match[1])
         if last < first:
             raise ValueError(f"indices {text!r}: range {part!r} runs backwards")
+        if len(indices) + last - first + 1 > limit:
+            raise ValueError(f"indices {text!r} name more than {limit:,} images")
         indices += range(first, last + 1)
-    repeated = sorted({i for i in indices if indices.count(i) > 1})
-    if repeated:
-        raise ValueError(f"indices {text!r} name {repeated[0]} more than once")
+    seen: set[int] = set()
+    for i in indices:
+        if i in seen:
+            raise ValueError(f"indices {text!r} name {i} more than once")
+        seen.add(i)
     return tuple(indices)

@@ -69,3 +69,14 @@ def test_parse_indices(text, expected):
 def test_parse_indices_rejects_malformed_input(text, problem):
     with pytest.raises(ValueError, match=problem):
         indices.parse_indices(text)
+
+
+@pytest.mark.parametrize("text, problem", [("0-999999", "more than 100,000"), ("0-99999,100000-100001", "more than"),
+                                           ("٧", "not a number"), ("1" * 5000, "not a number")])
+def test_parse_indices_refuses_huge_and_non_ascii_lists_at_once(text, problem):
+    with pytest.raises(ValueError, match=problem):
+        indices.parse_indices(text)
+
+
+def test_parse_indices_checks_repeats_in_linear_time():
+    assert len(indices.parse_indices("0-49999")) == 50_000  # quadratic counting took minutes here
