@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ats.models import DATASETS, build_model
+from ats.models import DATASETS, NUM_CLASSES, build_model
 from ats.runtime import asset_path
 
 CHECKPOINT_FORMAT = "ats-checkpoint/1"
@@ -119,7 +119,7 @@ def model_for_data(arch: str, data: str, *, checkpoint: str | os.PathLike | None
         model, meta = load_checkpoint(checkpoint, device=device)
         return model, meta.num_classes
     dataset = data if data in DATASETS else "cifar100"
-    num_classes = {"cifar10": 10, "fmnist": 10}.get(dataset, 100)
+    num_classes = NUM_CLASSES[dataset]
     return build_model(arch, num_classes, dataset=dataset, seed=seed).to(device), num_classes
 
 

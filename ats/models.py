@@ -28,6 +28,7 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "none": ((0.0,) * 3, (1.0,) * 3),
 }
 DATASETS = ("cifar100", "cifar10", "fmnist")
+NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "fmnist": 10}  # classes of each dataset
 
 
 class Normalize(nn.Module):

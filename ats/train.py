@@ -30,12 +30,12 @@ from ats import data as data_module
 from ats import checkpoints, models
 from ats.federated import LOSSES as LOSS_FUNCTIONS
 from ats.indices import class_balanced_subset
+from ats.models import NUM_CLASSES
 from ats.policy import Hybrid, Policy, as_policy, transform
 from ats.recipes import TrainRecipe
 from ats.runtime import make_generator
 
 STATE_FORMAT = "ats-train-state/1"
-NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "fmnist": 10}
 
 
 @dataclass(frozen=True)

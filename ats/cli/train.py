@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args) -> int:
-    from ats import data, train
+    from ats import data, models, train
     from ats.policy import Policy, parse_policy
     from ats.recipes import TrainRecipe
     from ats.runtime import describe_device, pick_device
@@ -42,8 +42,8 @@ def run(args) -> int:
     if args.epochs is not None:
         recipe = replace(recipe, epochs=args.epochs)
     policy = parse_policy(args.policy)
-    if args.data not in train.NUM_CLASSES:
-        raise ValueError(f"--data {args.data!r} is not one of {', '.join(train.NUM_CLASSES)}")
+    if args.data not in models.NUM_CLASSES:
+        raise ValueError(f"--data {args.data!r} is not one of {', '.join(models.NUM_CLASSES)}")
     device = pick_device(args.device)
     with contextlib.redirect_stdout(sys.stderr):  # whatever a download prints, stdout stays --json's
         train_set = data.load_dataset(args.data, "train", download=args.download)
