@@ -31,6 +31,7 @@ class ModelMeta:
     num_classes: int
     normalization: str
     policy: str = "none"
+    defense: str = "none"  # the gradient defense applied at every training step (`ats.federated`)
     epochs: int = 0
     accuracy: float | None = None
     recipe: str = ""

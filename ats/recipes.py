@@ -4,12 +4,15 @@ Gao et al. (CVPR 2021, §5.2) train with inversefed's "conservative" strategy: S
 momentum 0.9, lr 0.1, weight decay 5e-4, batch 128, `MultiStepLR` ×0.1 at `epochs // 2.667`,
 `// 1.6`, `// 1.142` (74, 124, 175 for 200 epochs), loss 0.5·CE. `TrainRecipe` holds these
 numbers with presets as classmethods; `ats.train.train` runs one. See docs/design.md §3.
+`defense` trains under a classic gradient defense (pruning, Gaussian or Laplacian noise on every
+step's gradient, as `ats.federated` applies it to a shared update), for the accuracies of Table 3.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ats.federated import LOSSES as LOSS_FUNCTIONS
+from ats.federated import parse_defense
 from ats.ops import check_semantics
 
 LOSSES = tuple(LOSS_FUNCTIONS)  # the loss names federated.py defines
@@ -36,6 +39,7 @@ class TrainRecipe:
     eval_every: int = 0  # evaluate on the test set every N epochs (0: only at the end)
     eval_images: int | None = None  # evaluate on the first N test images (None: all)
     normalization: str | None = None  # None: the dataset's own statistics; "cifar10" as the original
+    defense: str = "none"  # a gradient defense on every step ("prune-70", "gauss-1e-3", "lap-1e-2")
 
     @classmethod
     def paper(cls) -> TrainRecipe:
@@ -84,6 +88,7 @@ class TrainRecipe:
         if self.lr <= 0 or self.eval_every < 0:
             raise ValueError(f"lr={self.lr} must be positive and eval_every={self.eval_every} not negative")
         check_semantics(self.semantics)
+        object.__setattr__(self, "defense", str(parse_defense(self.defense)))  # canonical: "gauss-1e-3"
 
     def milestone_epochs(self) -> list[int]:
         """The epochs after which the lr drops: [74, 124, 175] for 200 epochs, as the original computes."""

@@ -9,7 +9,9 @@ original never said how the 10 % was drawn and loaded a file named `100.pth` (se
 so `TrainRecipe.tiny` draws a seeded class-balanced 10 % and trains the paper's 50 epochs (pass
 `epochs=100` through `dataclasses.replace` for the file name's reading).
 
-Augmentation runs batched on the training device (`ats.policy.transform`), randomness comes from
+Augmentation runs batched on the training device (`ats.policy.transform`). With `recipe.defense`
+(Table 3's defended models) every step's batch gradient goes through that `ats.federated.Defense`
+before the optimizer step, just as a client's shared update does. Randomness comes from
 generators seeded by `seed`, and after every epoch the whole training state is written next to the
 output, so an interrupted run resumes (`resume=True`) and ends with the same weights. `train` is
 restore (`_restore`), then per epoch one pass (`_train_epoch`) and its end (`_end_epoch`: evaluate,
@@ -29,6 +31,7 @@ from torch import nn
 from ats import data as data_module
 from ats import checkpoints, models
 from ats.federated import LOSSES as LOSS_FUNCTIONS
+from ats.federated import Defense, parse_defense
 from ats.indices import class_balanced_subset
 from ats.models import NUM_CLASSES
 from ats.policy import Hybrid, Policy, as_policy, transform
@@ -165,6 +168,8 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.MultiStepLR
     order_generator: torch.Generator  # shuffling, on the CPU
     augment_generator: torch.Generator  # crop, flip and policy, on the device
+    defense: Defense  # applied to every step's gradient (`recipe.defense`)
+    defense_generator: torch.Generator  # the defense's noise, on the device
     identity: dict
     epoch: int = 0  # epochs finished
     seconds: float = 0.0  # training time of those epochs, over all calls
@@ -182,10 +187,14 @@ class _Run:
         optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                     nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, recipe.milestone_epochs(), recipe.gamma)
-        identity = {"recipe": asdict(recipe), "policy": str(policy), "seed": seed,
+        recipe_fields = asdict(recipe)
+        if recipe.defense == "none":  # undefended: the identity states saved before `defense` existed
+            del recipe_fields["defense"]
+        identity = {"recipe": recipe_fields, "policy": str(policy), "seed": seed,
                     "dataset": subset.name, "images": len(subset)}
         return cls(subset, device, subset.images.to(device), subset.labels.to(device), model, memory_format,
-                   optimizer, scheduler, make_generator(seed + 1), make_generator(seed + 2, device), identity)
+                   optimizer, scheduler, make_generator(seed + 1), make_generator(seed + 2, device),
+                   parse_defense(recipe.defense), make_generator(seed + 3, device), identity)
 
     def state(self) -> dict:
         """The resumable training state, as saved after every epoch (format `STATE_FORMAT`)."""
@@ -194,6 +203,7 @@ class _Run:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "order_generator": self.order_generator.get_state(),
             "augment_generator": self.augment_generator.get_state(),
+            "defense_generator": self.defense_generator.get_state(),
             "epoch_losses": self.epoch_losses, "accuracies": self.accuracies,
         }
 
@@ -208,6 +218,8 @@ def _restore(run: _Run, path: Path) -> None:
     run.scheduler.load_state_dict(state["scheduler"])
     run.order_generator.set_state(state["order_generator"])
     run.augment_generator.set_state(state["augment_generator"].cpu())
+    if "defense_generator" in state:  # states saved before defenses lack it (and trained without one)
+        run.defense_generator.set_state(state["defense_generator"].cpu())
     run.epoch, run.seconds = int(state["epoch"]), float(state["seconds"])
     run.epoch_losses = [float(v) for v in state["epoch_losses"]]
     run.accuracies = [(int(e), float(a)) for e, a in state["accuracies"]]
@@ -229,11 +241,22 @@ def _train_epoch(run: _Run, recipe: TrainRecipe, policy: Policy | Hybrid,
         loss = loss_fn(run.model(x.contiguous(memory_format=run.memory_format)), run.labels[index])
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if run.defense.kind != "none":
+            _defend_gradients(run)
         run.optimizer.step()
         total += loss.detach() * len(index)
         if batch < batches:
             report(batch, loss)
     return total, loss
+
+
+def _defend_gradients(run: _Run) -> None:
+    """Put `run.defense` on the batch gradient in place, as `client_update` does to a shared update."""
+    params = [p for p in run.model.parameters() if p.grad is not None]
+    with torch.no_grad():
+        defended = run.defense.apply(tuple(p.grad for p in params), run.defense_generator, per_example=False)
+        for p, g in zip(params, defended):
+            p.grad.copy_(g)  # keeps the gradient's memory format (channels_last)
 
 
 def _end_epoch(run: _Run, recipe: TrainRecipe, test: data_module.ImageSet | None, epoch_loss: float,
@@ -262,7 +285,7 @@ def _finish(run: _Run, recipe: TrainRecipe, policy: Policy | Hybrid, test: data_
         final_accuracy = evaluate(run.model, test, device=device)
     meta = checkpoints.ModelMeta(
         arch=recipe.arch, dataset=name, num_classes=NUM_CLASSES[name],
-        normalization=recipe.normalization or name, policy=str(policy),
+        normalization=recipe.normalization or name, policy=str(policy), defense=recipe.defense,
         epochs=recipe.epochs, accuracy=final_accuracy, recipe=recipe.name, seed=run.identity["seed"],
         extra={"recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(recipe).items()},
                "train_images": len(run.subset), "seconds": round(run.seconds, 1), "device": str(device),
