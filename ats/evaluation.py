@@ -13,17 +13,24 @@ import torch
 from torch import Tensor
 
 from ats.attacks import Reconstruction
+from ats.baselines import aligned_scores, alignment_for, baseline_scores
 from ats.federated import ClientSecrets
-from ats.metrics import image_scores, pair_reconstructions
+from ats.metrics import image_scores, lpips, pair_reconstructions
 
 
-SCORED = ("psnr_x", "psnr_tx", "ssim_x", "ssim_tx")  # the per-image scores that `summarize` aggregates
+# the per-image scores that `summarize` aggregates: against x, against T(x), aligned to x (the best
+# over the flips and shifts the client's transform can make), and what trivial guesses score against x
+SCORED = ("psnr_x", "psnr_tx", "ssim_x", "ssim_tx", "psnr_x_aligned", "ssim_x_aligned",
+          "baseline_grey", "baseline_mean_colour", "baseline_tx", "lpips_x")
 
 
 @dataclass(frozen=True)
 class ImageResult:
     """One attacked image, as `ats attack --json` prints it: "_x" scores compare with the original
-    x, "_tx" scores with the transformed T(x) (the paper's convention)."""
+    x, "_tx" scores with the transformed T(x) (the paper's convention), "_x_aligned" with x at the
+    best flip and shift the client's transform can produce (a moved image is not a hidden one).
+    `baseline_*` are the PSNRs against x of trivial guesses on the same image: flat grey, the
+    image's own mean colour, and T(x) itself (see `ats.baselines`)."""
 
     index: int
     label: int
@@ -35,6 +42,12 @@ class ImageResult:
     mse_x: float
     iterations: int
     status: str
+    psnr_x_aligned: float = math.nan
+    ssim_x_aligned: float = math.nan
+    baseline_grey: float = math.nan
+    baseline_mean_colour: float = math.nan
+    baseline_tx: float = math.nan
+    lpips_x: float = math.nan  # LPIPS against x (lower is closer); NaN without the backbone's weights
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
@@ -42,7 +55,8 @@ class ImageResult:
 
 def evaluate_reconstruction(recon: Reconstruction, private: ClientSecrets, originals: Tensor,
                             indices: list[int] | tuple[int, ...] | None = None) -> list[ImageResult]:
-    """Score `recon` against `originals` (B, 3, H, W) and the client's own T(x) and true labels."""
+    """Score `recon` against `originals` (B, 3, H, W) and the client's own T(x) and true labels,
+    aligned to x over what the client's policy and crop can move, beside the trivial baselines."""
     originals = originals.detach().cpu().float()
     transformed = private.transformed.detach().cpu().float()
     images, labels = recon.images, recon.labels
@@ -54,6 +68,10 @@ def evaluate_reconstruction(recon: Reconstruction, private: ClientSecrets, origi
     if recon.transformed is not None:  # a policy-aware attack: its own estimate of T(x) against T(x)
         own = image_scores(recon.transformed, originals, transformed)
         scores.update({k: own[k] for k in ("psnr_tx", "ssim_tx", "mse_tx")})
+    scores.update(baseline_scores(originals, transformed))
+    scores["lpips_x"] = lpips(images, originals)
+    alignment = alignment_for(private.policy, private.crop_flip)
+    scores.update(aligned_scores(images.detach().cpu().float(), originals, **alignment))
     true = private.labels.detach().cpu()
     indices = list(indices) if indices is not None else list(range(images.shape[0]))
     results = []
@@ -70,6 +88,7 @@ def evaluate_reconstruction(recon: Reconstruction, private: ClientSecrets, origi
             mse_x=float(scores["mse_x"][i]),
             iterations=recon.iteration,
             status=status,
+            **{key: float(scores[key][i]) for key in SCORED[4:]},
         ))
     return results
 

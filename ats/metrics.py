@@ -4,9 +4,13 @@ Gao et al. (CVPR 2021, §5.1) report PSNR (peak 1.0) between the attacker's reco
 *transformed* image T(x); the original code also saves the pixel MSE and the MSE of the model's
 logits ("feat_mse"). We add SSIM and scores against the original x. Joint reconstructions of a
 batch come back in arbitrary order, so `pair_reconstructions` matches them to the originals first.
-A NaN reconstruction (a failed attack) scores NaN; it never raises.
+A NaN reconstruction (a failed attack) scores NaN; it never raises. LPIPS is computed when its
+pretrained backbone is on the machine and left empty (NaN, noted once) otherwise.
 """
 from __future__ import annotations
+
+import warnings
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -83,3 +87,38 @@ def image_scores(recon: Tensor, original: Tensor, transformed: Tensor) -> dict[s
         "mse_x": mse(recon, original),
         "mse_tx": mse(recon, transformed),
     }
+
+
+# --- LPIPS (Zhang et al., CVPR 2018) through torchmetrics, only when its backbone is on the machine -------
+
+LPIPS_NOTE = ("LPIPS left empty: torchvision's AlexNet weights are not in {path} and ats never downloads them "
+              "(load them once with torchvision.models.alexnet(weights='DEFAULT') to fill the column)")
+_lpips = {"net": None, "noted": False}
+
+
+def lpips_weights() -> Path:
+    """Where torchvision keeps the AlexNet weights LPIPS needs (the torch hub cache)."""
+    from torchvision.models import AlexNet_Weights
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(AlexNet_Weights.DEFAULT.url).name
+
+
+def lpips(a: Tensor, b: Tensor) -> Tensor:
+    """LPIPS (AlexNet, torchmetrics' linear heads) per image, (B,); lower is more similar. NaN for
+    every image, with one warning a process, when the backbone's weights are not on this machine.
+    Images smaller than 64 px are upsampled (bilinear) first, as AlexNet needs."""
+    _check_pair(a, b)
+    if _lpips["net"] is None:
+        if not lpips_weights().is_file():
+            if not _lpips["noted"]:
+                warnings.warn(LPIPS_NOTE.format(path=lpips_weights().parent), stacklevel=2)
+                _lpips["noted"] = True
+            return torch.full((a.shape[0],), float("nan"))
+        from torchmetrics.functional.image.lpips import _NoTrainLpips
+
+        _lpips["net"] = _NoTrainLpips(net="alex").eval()
+    a, b = (t.detach().cpu().float().nan_to_num(0.5).clamp(0, 1) for t in (a, b))
+    if a.shape[-1] < 64:
+        a, b = (torch.nn.functional.interpolate(t, size=64, mode="bilinear", align_corners=False) for t in (a, b))
+    with torch.no_grad():
+        return _lpips["net"](a, b, normalize=True).reshape(-1)

@@ -122,7 +122,7 @@ def _convnet(num_classes: int, normalize: Normalize, width: int = 64) -> Network
         if i in (5, 7):
             layers[f"pool{i // 6}"] = nn.MaxPool2d(3)  # 32 -> 10 -> 3
     layers.update(flatten=nn.Flatten(), linear=nn.Linear(36 * width, num_classes))
-    return Network("convnet", layers)
+    return Network("convnet" if width == 64 else f"convnet-{width}", layers)
 
 
 def _lenet(num_classes: int, normalize: Normalize) -> Network:
@@ -150,10 +150,15 @@ _DEFAULT_NORMALIZATION = {"lenet": "none"}  # DLG feeds raw pixels
 
 
 def _builder(arch: str) -> Callable[[int, Normalize], Network]:
-    match = re.fullmatch(r"resnet20-([1-9]\d*)", arch)
-    builder = _BUILDERS.get(arch) or (_resnet20(int(match.group(1))) if match else None)
+    builder = _BUILDERS.get(arch)
+    if builder is None and (match := re.fullmatch(r"resnet20-([1-9]\d*)", arch)):
+        builder = _resnet20(int(match.group(1)))
+    if builder is None and (match := re.fullmatch(r"convnet-([1-9]\d*)", arch)):
+        width = int(match.group(1))
+        builder = lambda num_classes, normalize: _convnet(num_classes, normalize, width)  # noqa: E731
     if builder is None:
-        raise ValueError(f"model {arch!r} is not one of {', '.join(ARCHS)} (or resnet20-k for a width 16·k)")
+        raise ValueError(f"model {arch!r} is not one of {', '.join(ARCHS)} (or resnet20-k for a width 16·k, "
+                         "convnet-w for a ConvNet of width w)")
     return builder
 
 

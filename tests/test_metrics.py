@@ -122,3 +122,29 @@ def test_image_scores_against_original_and_transformed():
     assert torch.equal(scores["psnr_tx"], torch.full((2,), 100.0))
     assert torch.allclose(scores["ssim_tx"], torch.ones(2), atol=1e-6)
     assert np.allclose(scores["mse_x"].numpy(), 0.01, rtol=1e-4)
+
+
+def test_lpips_without_its_backbone_is_empty_and_says_so_once(tmp_path, monkeypatch):
+    import warnings
+
+    from ats import metrics
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty hub cache: never downloads
+    monkeypatch.setitem(metrics._lpips, "net", None)
+    monkeypatch.setitem(metrics._lpips, "noted", False)
+    x = torch.rand(3, 3, 32, 32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, second = metrics.lpips(x, x), metrics.lpips(x, x.flip(-1))
+    assert first.shape == (3,) and torch.isnan(first).all() and torch.isnan(second).all()
+    assert len(caught) == 1 and "AlexNet" in str(caught[0].message) and str(tmp_path) in str(caught[0].message)
+
+
+@pytest.mark.skipif(not __import__("ats.metrics").metrics.lpips_weights().is_file(),
+                    reason="torchvision's AlexNet weights are not in the torch hub cache (never downloaded in tests)")
+def test_lpips_with_its_backbone_scores_identical_images_zero():
+    from ats import metrics
+
+    x = torch.rand(2, 3, 32, 32)
+    scores = metrics.lpips(x, x)
+    assert torch.allclose(scores, torch.zeros(2), atol=1e-6) and bool((metrics.lpips(x, torch.rand_like(x)) > 0.05).all())

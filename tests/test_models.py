@@ -189,3 +189,13 @@ def test_slicing_a_network_gives_its_layers():
     body = model[1:]
     assert isinstance(body, torch.nn.Sequential) and len(body) == len(model) - 1
     assert type(model[0]).__name__ == "Normalize"
+
+
+def test_convnet_width_variants_are_narrower_convnets():
+    wide, narrow = build_model("convnet", seed=0), build_model("convnet-16", seed=0)
+    assert narrow.arch == "convnet-16" and wide.arch == "convnet"
+    assert narrow.conv0.out_channels == 16 and wide.conv0.out_channels == 64
+    assert narrow(torch.rand(2, 3, 32, 32)).shape == (2, 100)
+    for bad in ("convnet-0", "convnet-x", "convnet16"):
+        with pytest.raises(ValueError, match="convnet-w"):
+            build_model(bad)
