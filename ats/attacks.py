@@ -134,10 +134,10 @@ class AttackConfig:
 
         The signs of the policy's shifts and the flip are random per image, so restarts try the
         hypotheses in turn (restart r: flipped if bit 0 of r, x shift negative if bit 1, y shift
-        negative if bit 2), and the one with the lowest cost wins; 4 restarts cover the flip and
-        the x sign. See `shift_hypotheses`.
+        negative if bit 2), and the one with the lowest cost wins; the 8 restarts cover every
+        flip × x-sign × y-sign hypothesis. See `shift_hypotheses`.
         """
-        return cls(name="aware", aware=True, restarts=4)
+        return cls(name="aware", aware=True, restarts=8)
 
     @classmethod
     def preset(cls, name: str) -> AttackConfig:

@@ -164,6 +164,13 @@ def test_search_explorer_refuses_a_file_that_is_not_a_database(tmp_path):
     assert "does not exist" in at.error[0].value
 
 
+def frame(at, column: str):
+    """The first dataframe shown with `column`."""
+    found = [d.value for d in at.dataframe if column in d.value.columns]
+    assert found, f"no dataframe with {column!r} among {[list(d.value.columns) for d in at.dataframe]}"
+    return found[0]
+
+
 def test_benchmark_page_without_and_with_a_table(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     at = page("benchmark").run()
@@ -173,9 +180,13 @@ def test_benchmark_page_without_and_with_a_table(tmp_path, monkeypatch):
         "policy,defense,psnr_tx_mean,psnr_tx_std,psnr_x_mean,ssim_tx_mean,accuracy\n"
         "none,none,14.1,1.2,14.1,0.5,0.70\n3-1-7,none,8.3,0.9,7.9,0.1,0.69\n")
     at = page("benchmark").run()
-    assert not at.exception and not at.info
-    assert list(at.dataframe[0].value["policy"]) == ["none", "3-1-7"]
+    assert not at.exception and not at.info and not at.error
+    assert list(at.dataframe[0].value["policy"]) == ["none", "3-1-7"]  # no baselines to show first
+    assert list(at.dataframe[0].value["accuracy (%)"]) == [70.0, 69.0]
     assert len(at.get("plotly_chart")) == 2
+    assert "evidence columns stage, psnr_x_median" in at.warning[0].value  # says what it lacks
+    assert any("no baselines" in c.value for c in at.caption)
+    assert any(c.value.startswith("No reconstruction grid") for c in at.caption)
     (tmp_path / "benchmark.csv").write_text("policy,psnr\nnone,3\n")
     at = page("benchmark").run()
     assert not at.exception
@@ -186,11 +197,77 @@ def test_benchmark_page_reads_a_table_of_an_older_version(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "benchmark.csv").write_text(  # the column names before "_x"/"_tx"
         "study,policy,defense,psnr_mean,psnr_std,psnr_original_mean,ssim_mean,accuracy\n"
-        "table,none,none,14.1,1.2,14.1,0.5,0.70\ntable,3-1-7,none,8.3,0.9,7.9,0.1,0.69\n")
+        "table,none,none,14.1,1.2,14.1,0.5,0.70\ntable,3-1-7,none,8.3,0.9,7.9,0.1,0.69\n"
+        "aware,3-1-7,none,9.0,0.9,9.5,0.1,0.69\n")
     at = page("benchmark").run()
     assert not at.exception and not at.error
     shown = at.dataframe[0].value
-    assert list(shown["psnr_x_mean"]) == [14.1, 7.9] and list(shown["psnr_tx_mean"]) == [14.1, 8.3]
+    assert list(shown["PSNR vs x, mean"]) == [14.1, 7.9] and list(shown["PSNR vs T(x), mean"]) == [14.1, 8.3]
+    aware = frame(at, "aware: PSNR vs x, mean")
+    assert list(aware["plain: PSNR vs x, mean"]) == [7.9] and list(aware["aware: PSNR vs x, mean"]) == [9.5]
+
+
+def evidence_csv(path: Path, rows: list[dict]) -> None:
+    """A table as `report.write_csv` writes it: every column of `CSV_COLUMNS`, blank where not given."""
+    import csv
+
+    from ats.report import CSV_COLUMNS
+
+    base = dict(attack="ig", arch="resnet20", images=4, iterations=10, failed=0, psnr_tx_mean=1.0, psnr_tx_std=0.1,
+                psnr_x_mean=1.0, ssim_tx_mean=0.1, accuracy=0.3, baseline_grey_median=11.0,
+                baseline_mean_colour_median=15.0, baseline_tx_median=100.0)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**base, **row})
+
+
+def test_benchmark_page_shows_the_evidence_of_a_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def interval(m: float) -> dict:
+        return dict(psnr_x_median=m, psnr_x_ci_low=m - 1, psnr_x_ci_high=m + 1, psnr_x_aligned_median=m)
+
+    evidence_csv(tmp_path / "benchmark.csv", [
+        dict(study="table", policy="none", defense="none", stage=5, leaks=True, leak_margin=5.0, **interval(20.0)),
+        dict(study="table", policy="3-1-7", defense="none", stage=5, leaks=False, leak_margin=-1.0, diff_median=-6.0,
+             diff_ci_low=-7.0, diff_ci_high=-5.0, p_adjusted=0.0004, reference="table none/none", **interval(14.0)),
+        dict(study="stages", policy="none", defense="none", stage=0, leaks=True, leak_margin=10.0, accuracy=0.01,
+             **interval(25.0)),
+        dict(study="regime", policy="none", defense="none", stage=0, arch="lenet", leaks=False, leak_margin=-2.0,
+             **interval(13.0)),
+    ])
+    at = page("benchmark").run()
+    assert not at.exception and not at.error and not at.warning
+    assert at.subheader[0].value == "Does the undefended attack leak?"
+    baselines = at.dataframe[0].value
+    assert list(baselines["study"]) == ["table", "stages", "regime"] and list(baselines["mean colour"]) == [15.0] * 3
+    assert list(baselines["leaks?"]) == ["yes (+5.0 dB)", "yes (+10.0 dB)", "no leakage measured"]
+    assert list(baselines["PSNR vs x, median [95 % CI]"]) == ["20.0 [19.0, 21.0]", "25.0 [24.0, 26.0]",
+                                                             "13.0 [12.0, 14.0]"]
+    main = frame(at, "defense")
+    assert list(main["policy"]) == ["none", "3-1-7"]
+    assert list(main["Δ vs none [95 % CI]"]) == ["–", "-6.0 [-7.0, -5.0]"]
+    assert list(main["p (Holm)"]) == ["–", "< 0.001"]
+    assert list(main["leaks?"]) == ["yes (+5.0 dB)", "no leakage measured"]
+    assert "Leakage over training" in [h.value for h in at.subheader]
+    stages = [d.value for d in at.dataframe if "study" not in d.value and "defense" not in d.value][0]
+    assert list(stages["stage (epochs)"]) == [0, 5] and list(stages["accuracy (%)"]) == [1.0, 30.0]
+    assert len(at.get("plotly_chart")) == 3  # bars, trade-off, leakage over training
+
+
+def test_benchmark_page_shows_a_partial_table_without_crashing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "benchmark.csv").write_text(  # medians but no intervals, leakage or paired tests
+        "study,policy,defense,stage,psnr_x_median,psnr_tx_mean,psnr_tx_std,psnr_x_mean,ssim_tx_mean,accuracy,"
+        "baseline_mean_colour_median,leaks\n"
+        "table,none,none,2,9.0,9.0,1.0,9.0,0.1,0.5,15.0,\nstages,none,none,0,,,,,,0.01,15.0,\n")
+    at = page("benchmark").run()
+    assert not at.exception and not at.error
+    assert "psnr_x_ci_low" in at.warning[0].value and "p_adjusted" in at.warning[0].value
+    assert list(at.dataframe[0].value["mean colour"]) == [15.0, 15.0]
+    assert list(frame(at, "defense")["policy"]) == ["none"]
 
 
 def test_benchmark_page_runs_a_small_benchmark_and_shows_it(tmp_path, monkeypatch, data_dir):
@@ -200,12 +277,18 @@ def test_benchmark_page_runs_a_small_benchmark_and_shows_it(tmp_path, monkeypatc
     widget(at.slider, "Attack iterations").set_value(2)
     widget(at.slider, "Attack-set images").set_value(1)
     at.button[0].click().run()
-    assert not at.exception and not at.error
+    assert not at.exception and not at.error and not at.warning
     assert (tmp_path / "runs" / "app-benchmark" / "benchmark.csv").is_file()
-    shown = at.dataframe[0].value
+    baselines = at.dataframe[0].value
+    assert set(baselines["study"]) == {"table", "stages", "regime"}
+    assert set(baselines["leaks?"]) == {"no leakage measured"}  # one image proves nothing
+    shown = frame(at, "defense")
     assert list(zip(shown["policy"], shown["defense"])) == [("none", "none"), ("none", "prune-70"),
                                                              ("3-1-7", "none"), ("3-1-7", "prune-70")]
-    assert any("knows the policy" in h.value for h in at.subheader)
+    headings = [h.value for h in at.subheader]
+    assert "Leakage over training" in headings and any("knows the policy" in h for h in headings)
+    assert len(at.get("image")) == 2  # the table's and the regime's grids
+    assert (tmp_path / "runs" / "app-benchmark" / "grid-table.png").is_file()
     widget(at.text_input, "Policies").set_value("3--1")
     at.button[0].click().run()
     assert "3--1" in at.error[0].value  # a malformed policy: an inline message, the table stays

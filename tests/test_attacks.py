@@ -169,7 +169,7 @@ def test_shift_hypotheses_follow_the_policy_and_the_crop():
     hybrid_reach = attacks.shift_hypotheses("3-1-7+43-18-18", True, 1)[0]
     assert (hybrid_reach >= attacks.shift_hypotheses("3-1-7", True, 1)[0]).all()
     assert (hybrid_reach >= attacks.shift_hypotheses("43-18-18", True, 1)[0]).all()
-    assert AttackConfig.preset("aware").aware and AttackConfig.preset("aware").restarts == 4
+    assert AttackConfig.preset("aware").aware and AttackConfig.preset("aware").restarts == 8
     with pytest.raises(ValueError, match="joint"):
         AttackConfig(aware=True, labels="joint")
 

@@ -29,7 +29,8 @@ def smoke_run(tmp_path_factory, data_dir):
     original = attacks.reconstruct
 
     def spy(model, update, config=None, **kwargs):
-        seen.append((str(kwargs["policy"]), update.defense, config.name, update.gradients))
+        if model.arch == SMOKE.recipe.arch:  # the table's model, not a regime's
+            seen.append((str(kwargs["policy"]), update.defense, config.name, update.gradients))
         return original(model, update, config, **kwargs)
 
     mp = pytest.MonkeyPatch()
@@ -48,7 +49,11 @@ def test_one_row_per_policy_and_defense_plus_aware_and_correlation(smoke_run):
     assert [(r.policy, r.defense) for r in table] == [(p, d) for p in SMOKE.policies for d in SMOKE.defenses]
     assert [r.policy for r in result.rows if r.study == "aware"] == ["3-1-7"]
     assert len([r for r in result.rows if r.study == "correlation"]) == SMOKE.correlation
-    assert result.computed == len(result.rows) == 4 + 1 + 3
+    staged = [(r.policy, r.summary["stage"]) for r in result.rows if r.study == "stages"]
+    assert staged == [("none", 0)] and all(r.summary["stage"] == SMOKE.recipe.epochs for r in table)
+    regime = [r for r in result.rows if r.study == "regime"]
+    assert [(r.summary["arch"], r.attack, r.iterations) for r in regime] == [("lenet", "ig", 3)]
+    assert result.computed == len(result.rows) == 4 + 1 + 1 + 1 + 3
     for r in table:
         s = r.summary
         assert math.isfinite(s["psnr_tx_mean"]) and math.isfinite(s["psnr_x_mean"]) and s["failed"] == 0
@@ -60,8 +65,10 @@ def test_one_row_per_policy_and_defense_plus_aware_and_correlation(smoke_run):
     policy = next(r for r in table if r.policy == "3-1-7" and r.defense == "none").summary
     assert policy["psnr_tx_mean"] != pytest.approx(policy["psnr_x_mean"], abs=1e-3)
     # every policy got its own model, trained with that policy
-    for name, path in result.checkpoints.items():
-        assert checkpoints.load_checkpoint(path)[1].policy == name
+    for name, path in result.checkpoints.items():  # "<arch> <policy> <defense> e<stage>"
+        arch, policy, defense, stage = name.split()
+        meta = checkpoints.load_checkpoint(path)[1]
+        assert (meta.arch, meta.policy, meta.defense, f"e{meta.epochs}") == (arch, policy, defense, stage)
     corr = result.correlation["vs_transformed"]
     assert corr["n"] == 3 and -1 <= corr["pearson"] <= 1
     assert all(math.isfinite(r.summary["privacy"]) for r in result.rows if r.study == "correlation")
@@ -69,7 +76,9 @@ def test_one_row_per_policy_and_defense_plus_aware_and_correlation(smoke_run):
 
 def test_defended_rows_attack_the_defended_gradients(smoke_run):
     _, _, seen = smoke_run
-    by_cell = {(policy, defense, name): grads for policy, defense, name, grads in seen}
+    by_cell = {}
+    for policy, defense, name, grads in seen:  # the table's cells come first (the stages study after)
+        by_cell.setdefault((policy, defense, name), grads)
     for policy in SMOKE.policies:
         plain, pruned = by_cell[(policy, "none", "ig")], by_cell[(policy, "prune-70", "ig")]
         for g, p in zip(plain, pruned):
@@ -122,7 +131,7 @@ def test_a_csv_of_an_older_version_reads_with_the_new_column_names(tmp_path):
 
 
 def test_interrupted_benchmark_resumes_without_recomputing_or_losing_rows(tmp_path, data_dir):
-    config = replace(SMOKE, correlation=0)
+    config = replace(SMOKE, correlation=0, regimes=())
     db = tmp_path / "b.db"
     computed = []
 
@@ -140,18 +149,18 @@ def test_interrupted_benchmark_resumes_without_recomputing_or_losing_rows(tmp_pa
     with Store.open(db) as store:
         result = run_benchmark(config, store=store, workdir=tmp_path, data_root=data_dir)
         after = store.benchmark_rows()
-    assert result.computed == len(result.rows) - 2 == 3
-    assert len(after) == len({r.key for r in after}) == 5  # nothing duplicated
+    assert result.computed == len(result.rows) - 2 == 4
+    assert len(after) == len({r.key for r in after}) == 6  # nothing duplicated
     for key, row in before.items():  # finished rows were reused as they were, not recomputed
         again = next(r for r in after if r.key == key)
         assert again.created == row.created and again.summary == row.summary
 
 
 def test_an_existing_model_of_another_policy_is_refused(tmp_path, data_dir):
-    config = replace(SMOKE, policies=("none",), defenses=("none",), aware=False, correlation=0)
+    config = replace(SMOKE, policies=("none",), defenses=("none",), aware=False, correlation=0, stages=(), regimes=())
     with Store.open(tmp_path / "b.db") as store:
         result = run_benchmark(config, store=store, workdir=tmp_path, data_root=data_dir)
-    path = result.checkpoints["none"]
+    path = result.checkpoints["resnet20 none none e2"]
     other = path.replace("-none-", "-3-1-7-")
     os.rename(path, other)
     config = replace(config, policies=("3-1-7",))
@@ -194,14 +203,16 @@ def test_ats_benchmark_smoke_json_and_resume(tmp_path, data_dir):
     first = _ats(*args, data_dir=data_dir, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     document = json.loads(first.stdout)
-    assert document["cells"] == 5 and document["computed"] == 5
-    assert len(list(csv.DictReader((tmp_path / "out" / "benchmark.csv").open()))) == 5
+    assert document["cells"] == 7 and document["computed"] == 7
+    assert {"psnr_x_ci_low", "baseline_mean_colour_median", "stage"} <= set(document["rows"][0])
+    assert len(list(csv.DictReader((tmp_path / "out" / "benchmark.csv").open()))) == 7
     second = _ats(*args, data_dir=data_dir, cwd=tmp_path)
     assert second.returncode == 0 and json.loads(second.stdout)["computed"] == 0
 
 
 @pytest.mark.parametrize("bad, message", [
     (("--policies", "none,3--1"), "3--1"), (("--defenses", "gauss-x"), "gauss"), (("--attack", "nope"), "nope"),
+    (("--stages", "0,one"), "--stages"), (("--stages", "0,99"), "stages"),
 ])
 def test_ats_benchmark_bad_input_exits_2_with_one_line(tmp_path, data_dir, bad, message):
     out = _ats("--preset", "smoke", "--db", "b.db", *bad, data_dir=data_dir, cwd=tmp_path)
@@ -211,7 +222,7 @@ def test_ats_benchmark_bad_input_exits_2_with_one_line(tmp_path, data_dir, bad, 
 
 def test_correlation_cells_are_keyed_by_the_privacy_model(tmp_path, data_dir):
     """Another S_pri model gives other S_pri values: its correlation cells are recomputed, not reused."""
-    config = replace(SMOKE, policies=("none",), defenses=("none",), aware=False, correlation=3)
+    config = replace(SMOKE, policies=("none",), defenses=("none",), aware=False, correlation=3, stages=(), regimes=())
     other = checkpoints.save_checkpoint(tmp_path / "other.pt", models.build_model("resnet20", 100, seed=5),
                                    checkpoints.ModelMeta("resnet20", "cifar100", 100, "cifar100"))
     with Store.open(tmp_path / "b.db") as store:
@@ -222,3 +233,88 @@ def test_correlation_cells_are_keyed_by_the_privacy_model(tmp_path, data_dir):
     before = [r.summary["privacy"] for r in first.rows if r.study == "correlation"]
     after = [r.summary["privacy"] for r in swapped.rows if r.study == "correlation"]
     assert before != after
+
+
+# --- evidence: baselines, intervals, paired tests, grids, defended training, kill -9 ------------------
+
+def test_cells_carry_baselines_intervals_and_the_paired_evidence(smoke_run, tmp_path):
+    folder, result, _ = smoke_run
+    for r in result.rows:
+        s = r.summary
+        for key in ("baseline_grey_median", "baseline_mean_colour_median", "baseline_tx_median",
+                    "psnr_x_aligned_median"):
+            assert math.isfinite(s[key]), key
+        assert s["psnr_x_ci_low"] <= s["psnr_x_median"] <= s["psnr_x_ci_high"]
+        assert s["psnr_x_aligned_median"] >= s["psnr_x_median"] - 1e-6  # no alignment is one of the candidates
+        kept = torch.load(benchmark.grid_path(folder, benchmark.CellKey(*r.key)), weights_only=True)
+        assert kept["recon"].shape == (SMOKE.grid_images, 3, 32, 32) and kept["recon"].dtype == torch.uint8
+    rows = list(csv.DictReader(report.write_csv(result, tmp_path / "b.csv").open()))
+    assert list(rows[0]) == list(report.CSV_COLUMNS)
+    reference = next(r for r in rows if r["study"] == "table" and r["policy"] == "none" and r["defense"] == "none")
+    assert reference["p_adjusted"] == "" and reference["leaks"] in ("True", "False")
+    compared = [r for r in rows if r["study"] in ("table", "aware") and r is not reference]
+    assert compared and all(0 <= float(r["p_adjusted"]) <= 1 and float(r["p_adjusted"]) >= float(r["p"])
+                            for r in compared)
+    # 4 smoke iterations recover nothing: the report must say so rather than rank the defenses
+    assert "no leakage measured" in report.markdown_baselines(result)
+    assert any("does **not** leak" in line for line in report.findings(result))
+
+
+def test_the_report_draws_the_grids_and_the_stages(smoke_run, tmp_path, data_dir):
+    folder, result, _ = smoke_run
+    from ats import data
+    from ats.indices import ATTACK_SET
+
+    x, _ = data.load_dataset("cifar100", "test", root=data_dir).batch(ATTACK_SET[:2], "cpu")
+    text = report.write_report(result, tmp_path / "r.md", command="ats benchmark --preset smoke", device="cpu",
+                               workdir=folder, images=x, timing={"invocations": 2, "seconds": 90, "peak_mib": 512})
+    text = text.read_text()
+    for name in ("r-grid-table.png", "r-grid-regime.png", "r-stages.png"):
+        assert f"figures/{name}" in text and (tmp_path / "figures" / name).stat().st_size > 1000
+    assert "Leakage over training" in text and "1.5 min wall time" in text and "512 MiB" in text
+
+
+def test_train_defense_trains_each_defended_model_under_its_defense(tmp_path, data_dir):
+    config = replace(SMOKE, policies=("none",), defenses=("none", "prune-70"), aware=False, correlation=0,
+                     stages=(), regimes=(), train_defense=True)
+    with Store.open(tmp_path / "b.db") as store:
+        result = run_benchmark(config, store=store, workdir=tmp_path, data_root=data_dir)
+    assert set(result.checkpoints) == {"resnet20 none none e2", "resnet20 none prune-70 e2"}
+    meta = checkpoints.load_checkpoint(result.checkpoints["resnet20 none prune-70 e2"])[1]
+    assert meta.defense == "prune-70"
+    plain, defended = result.rows
+    assert plain.checkpoint != defended.checkpoint and defended.summary["accuracy"] == pytest.approx(meta.accuracy)
+
+
+def test_a_benchmark_killed_with_sigkill_resumes_without_losing_or_recomputing(tmp_path, data_dir):
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "ats.cli", "benchmark", "--preset", "smoke", "--db", "b.db", "--out", "out",
+            "--correlation", "3", "--json"]
+    env = {**os.environ, "ATS_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if (tmp_path / "b.db").exists():
+                with Store.open(tmp_path / "b.db") as store:
+                    if len(store.benchmark_rows()) >= 3:
+                        break
+            time.sleep(0.2)
+        assert process.poll() is None, "the smoke benchmark finished before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    with Store.open(tmp_path / "b.db") as store:
+        before = {r.key: r.created for r in store.benchmark_rows()}
+    again = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    document = json.loads(again.stdout)
+    assert document["computed"] == document["cells"] - len(before)
+    with Store.open(tmp_path / "b.db") as store:
+        after = store.benchmark_rows()
+    assert len(after) == len({r.key for r in after}) == document["cells"]
+    assert all(r.created == before[r.key] for r in after if r.key in before)

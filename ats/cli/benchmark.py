@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ats.cli import add_common, log, progress
+from ats.indices import ATTACK_SET
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "attack PSNR. Every finished cell is stored at once: rerun the same command to "
                                    "resume.")
     p.add_argument("--preset", default="laptop", choices=["smoke", "laptop", "paper"],
-                   help="scale of the protocol (default laptop, about 45 min on a 2-core CPU)")
+                   help="scale of the protocol (default laptop, about an hour on a 2-core CPU)")
     p.add_argument("--policies", help="comma-separated policies (default: none and the paper's 3-1-7, 43-18-18, "
                                       "3-1-7+43-18-18)")
     p.add_argument("--defenses", help="comma-separated gradient defenses, e.g. none,prune-70,gauss-1e-3,lap-1e-2 "
@@ -29,8 +30,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also benchmark the policies an `ats search` database selects (top 2 and their hybrid)")
     p.add_argument("--images", type=int, help="attack-set images per cell (default: the preset's)")
     p.add_argument("--iterations", type=int, help="attack iterations (default: the preset's)")
-    p.add_argument("--attack", default="ig", help="attack preset for the table (default ig)")
+    p.add_argument("--attack", help="attack preset for the table (default: the preset's: iDLG at laptop, IG at "
+                                    "paper and smoke)")
     p.add_argument("--no-aware", action="store_true", help="skip the policy-aware attacker")
+    p.add_argument("--train-defense", action=argparse.BooleanOptionalAction, default=None,
+                   help="train each defense's model with that defense on every training step, as the paper's "
+                        "Table 3 (default: on at laptop, off at smoke and paper)")
+    p.add_argument("--stages", help="comma-separated training stages in epochs to also attack undefended "
+                                    "(default: the preset's, e.g. 0,1 at laptop)")
     p.add_argument("--correlation", type=int, help="random policies for the S_pri–PSNR study (0 skips it)")
     p.add_argument("--score-checkpoint", type=Path, help="tiny-data model for S_pri (default: the shipped one)")
     p.add_argument("--db", type=Path, default=Path("results.db"),
@@ -38,7 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/benchmark"),
                    help="folder for the trained models, benchmark.csv and the scatter plot "
                    "(default runs/benchmark, relative to the current folder)")
-    p.add_argument("--report", type=Path, help="also write a Markdown reproduction report here")
+    p.add_argument("--report", type=Path, help="also write a Markdown reproduction report here, its figures in "
+                                               "figures/ beside it and its table as the same name with .csv")
     add_common(p)
 
 
@@ -53,7 +61,8 @@ def benchmark_config(args):
     from ats.store import Store
 
     config = BenchmarkConfig.preset(args.preset)
-    attack = replace(attacks.AttackConfig.preset(args.attack), iterations=args.iterations or config.attack.iterations)
+    base = attacks.AttackConfig.preset(args.attack) if args.attack else config.attack
+    attack = replace(base, iterations=args.iterations or config.attack.iterations)
     if args.iterations is not None and args.iterations < 1:
         raise ValueError(f"--iterations {args.iterations} must be at least 1")
     changes = {"attack": attack}
@@ -77,6 +86,13 @@ def benchmark_config(args):
             changes[name] = getattr(args, name)
     if args.no_aware:
         changes["aware"] = False
+    if args.train_defense is not None:
+        changes["train_defense"] = args.train_defense
+    if args.stages is not None:
+        try:
+            changes["stages"] = tuple(int(s) for s in _split(args.stages))
+        except ValueError:
+            raise ValueError(f"--stages {args.stages!r} must be comma-separated whole epochs, e.g. 0,1") from None
     return replace(config, **changes)
 
 
@@ -107,12 +123,21 @@ def run(args) -> int:
         result = benchmark.run_benchmark(config, store=store, workdir=args.out, seed=args.seed, device=device,
                                          score_checkpoint=args.score_checkpoint, callback=on_event)
         bar.close()
+    timing = record_invocation(args.out / "invocations.json", result)
     csv_path = report.write_csv(result, args.out / "benchmark.csv")
-    scatter = report.save_scatter(result, (args.report.parent if args.report else args.out) / "correlation.png")
+    folder = args.report.parent / "figures" if args.report else args.out
+    scatter = report.save_scatter(result, folder / (f"{args.report.stem}-correlation.png" if args.report
+                                                    else "correlation.png"))
     if args.report:
         command = "ats " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("ats") else \
             f"ats benchmark --preset {config.name} --report {args.report}"
-        report.write_report(result, args.report, command=command, device=describe_device(device), scatter=scatter)
+        from ats import data
+
+        test = data.load_dataset("cifar100", "test")
+        images, _ = test.batch(ATTACK_SET[: config.grid_images], "cpu")
+        report.write_report(result, args.report, command=command, device=describe_device(device), scatter=scatter,
+                            workdir=args.out, images=images, timing=timing)
+        report.write_csv(result, args.report.with_suffix(".csv"))  # the report's machine-readable twin
     document = {"preset": config.name, "db": str(args.db), "csv": str(csv_path), "report": str(args.report or ""),
                 "cells": len(result.rows), "computed": result.computed, "seconds": round(result.seconds, 1),
                 "correlation": result.correlation, "checkpoints": result.checkpoints, "rows": result.table()}
@@ -129,6 +154,21 @@ def run(args) -> int:
         print(f"\n{result.computed} of {len(result.rows)} cells computed in {result.seconds:.0f} s; table in {csv_path}"
               + (f", report in {args.report}" if args.report else ""))
     return 0
+
+
+def record_invocation(path: Path, result) -> dict:
+    """Append this invocation's wall time and peak memory to `path` (JSON); the totals over all of them."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    try:
+        runs = json.loads(path.read_text()) if path.is_file() else []
+    except (OSError, ValueError):
+        runs = []  # a damaged log costs the totals, never the run
+    runs.append({"seconds": round(result.seconds, 1), "computed": result.computed, "peak_mib": round(peak, 1)})
+    path.write_text(json.dumps(runs, indent=1))
+    return {"invocations": len(runs), "seconds": sum(r["seconds"] for r in runs),
+            "peak_mib": max(r["peak_mib"] for r in runs)}
 
 
 def _finite(value):
