@@ -43,12 +43,15 @@ def test_run_an_attack_at_smoke_budget_and_keep_it_in_the_history(data_dir):
     at.button[0].click().run()
     assert not at.exception, at.exception
     labels = [m.label for m in at.metric]
-    assert "PSNR vs original" in labels and "SSIM vs transformed" in labels
+    assert "PSNR vs original" in labels and "Aligned PSNR vs original" in labels
+    assert "vs its mean colour" in at.metric[labels.index("PSNR vs original")].delta  # beside its baseline
+    assert any("mean colour" in c.value and "flat grey" in c.value for c in at.caption)
     assert at.metric[labels.index("Label recovered")].value == "yes"
     assert at.subheader[-1].value == "Recent runs"
     assert at.session_state["runs"][-1]["policy"] == "none"
     history = at.dataframe[-1].value
     assert list(history["policy"]) == ["none"] and history["PSNR vs x"].notna().all()
+    assert history["mean colour"].notna().all()
 
 
 def test_picking_ops_changes_the_policy(data_dir):
