@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ats.aware import shift_hypotheses
 from ats.metrics import MIN_MSE, psnr, ssim
 from ats.policy import Hybrid, Policy, as_policy
 
@@ -69,17 +70,13 @@ def alignment_for(policy: Policy | Hybrid | str, crop_flip: bool, *, size: int =
     """
     parsed = as_policy(policy)
     shift, angles = _CROP_PAD if crop_flip else 0, set()
-    reach = 0.0
+    reach = float(shift_hypotheses(parsed, False, 1, size)[0].max())  # the aware attacker's own reach
     for part in parsed.policies if isinstance(parsed, Hybrid) else (parsed,):
-        moved = {"translateX": 0.0, "translateY": 0.0}
         for op in part.ops:
-            if op.name in moved:
-                moved[op.name] += op.magnitude * size
-            elif op.name == "rotate" and op.magnitude:
+            if op.name == "rotate" and op.magnitude:
                 angles.add(round(min(op.magnitude, MAX_ANGLE), 3))
             elif op.name in ("shearX", "shearY") and op.magnitude:
                 angles.add(round(min(math.degrees(math.atan(op.magnitude)), MAX_ANGLE), 3))
-        reach = max(reach, *moved.values())
     signed = sorted({s * a for a in angles for s in (1, -1)})
     return {"max_shift": min(MAX_SHIFT, shift + math.ceil(reach - 1e-9)), "flip": bool(crop_flip),
             "angles": tuple(signed)}

@@ -53,6 +53,11 @@ def _ci(median, low, high) -> str:
     return f"{median:.1f} [{_num(low, 1)}, {_num(high, 1)}]"
 
 
+def _psnr_ci(cell: dict) -> str:
+    """A cell's median PSNR against x with its 95 % interval."""
+    return _ci(cell.get("psnr_x_median"), cell.get("psnr_x_ci_low"), cell.get("psnr_x_ci_high"))
+
+
 def _p(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -73,7 +78,7 @@ def markdown_baselines(result: BenchmarkResult) -> str:
             continue
         lines.append(f"| {flat['study']} | {flat.get('arch', '–')} | {flat['stage']} | {flat['attack']} "
                      f"| {flat['images'] - flat['failed']} "
-                     f"| {_ci(flat['psnr_x_median'], flat['psnr_x_ci_low'], flat['psnr_x_ci_high'])} "
+                     f"| {_psnr_ci(flat)} "
                      f"| {_num(flat['psnr_x_aligned_median'], 1)} | {_num(flat['baseline_grey_median'], 1)} "
                      f"| {_num(flat['baseline_mean_colour_median'], 1)} | {_num(flat['baseline_tx_median'], 1)} "
                      f"| {_leak(flat)} |")
@@ -92,7 +97,7 @@ def markdown_table(result: BenchmarkResult) -> str:
         diff = "–" if flat.get("diff_median") is None else _ci(flat["diff_median"], flat["diff_ci_low"],
                                                                flat["diff_ci_high"])
         lines.append(f"| {flat['policy']} | {flat['defense']} | {flat['images'] - flat['failed']} "
-                     f"| {_ci(flat['psnr_x_median'], flat['psnr_x_ci_low'], flat['psnr_x_ci_high'])} "
+                     f"| {_psnr_ci(flat)} "
                      f"| {_num(flat['psnr_x_aligned_median'], 1)} | {_num(flat['psnr_tx_median'], 1)} "
                      f"| {_num(flat['baseline_mean_colour_median'], 1)} | {_leak(flat)} | {diff} "
                      f"| {_p(flat.get('p_adjusted'))} | {_num(100 * flat['accuracy'], 1)} % "
@@ -111,8 +116,8 @@ def markdown_aware(result: BenchmarkResult) -> str:
         if flat["study"] != "aware" or flat["policy"] not in plain:
             continue
         base, ref = plain[flat["policy"]].summary, RESCIENCE_AWARE.get(flat["policy"])
-        lines.append(f"| {flat['policy']} | {_ci(base['psnr_x_median'], base.get('psnr_x_ci_low'), base.get('psnr_x_ci_high'))} "
-                     f"| {_ci(flat['psnr_x_median'], flat['psnr_x_ci_low'], flat['psnr_x_ci_high'])} "
+        lines.append(f"| {flat['policy']} | {_psnr_ci(base)} "
+                     f"| {_psnr_ci(flat)} "
                      f"| {_num(base.get('psnr_x_aligned_median'), 1)} → {_num(flat['psnr_x_aligned_median'], 1)} "
                      f"| {_ci(flat.get('diff_median'), flat.get('diff_ci_low'), flat.get('diff_ci_high'))} "
                      f"| {_p(flat.get('p_adjusted'))} | {plain[flat['policy']].seconds:.0f} s → {seconds[flat['policy']]:.0f} s "
@@ -128,7 +133,7 @@ def markdown_stages(result: BenchmarkResult) -> str:
     for row in evidence.stage_rows(result.rows):
         flat = flats[id(row)]
         lines.append(f"| {row.policy} | {flat['stage']} | {_num(100 * flat['accuracy'], 1)} % "
-                     f"| {_ci(flat['psnr_x_median'], flat['psnr_x_ci_low'], flat['psnr_x_ci_high'])} "
+                     f"| {_psnr_ci(flat)} "
                      f"| {_num(flat['psnr_x_aligned_median'], 1)} | {_num(flat['baseline_mean_colour_median'], 1)} "
                      f"| {_leak(flat)} |")
     return "\n".join(lines) if len(lines) > 2 else "No policy was attacked at more than one training stage."
@@ -142,7 +147,7 @@ def markdown_correlation(result: BenchmarkResult) -> str:
     for r in sorted(rows, key=lambda r: r.summary.get("privacy", math.nan)):
         s = r.summary
         lines.append(f"| {r.policy} | {_num(s.get('privacy'), 3)} | {_num(s.get('psnr_tx_median'))} "
-                     f"| {_ci(s.get('psnr_x_median'), s.get('psnr_x_ci_low'), s.get('psnr_x_ci_high'))} |")
+                     f"| {_psnr_ci(s)} |")
     for name, c in result.correlation.items():
         target = "T(x)" if name == "vs_transformed" else "x"
         lines.append(f"\nS_pri against median PSNR vs {target} over n = {c['n']} policies: Pearson r = "
@@ -162,7 +167,7 @@ def findings(result: BenchmarkResult) -> list[str]:
         verdict = ("leaks" if base["leaks"] else "does **not** leak measurably, so no defense can be shown to help "
                    "at this setting")
         out.append(f"The undefended {base['attack']} attack {verdict}: median PSNR vs x "
-                   f"{_ci(base['psnr_x_median'], base['psnr_x_ci_low'], base['psnr_x_ci_high'])} dB against "
+                   f"{_psnr_ci(base)} dB against "
                    f"{_num(base['baseline_mean_colour_median'], 1)} dB for each image's mean colour and "
                    f"{_num(base['baseline_grey_median'], 1)} dB for flat grey (n = {base['images'] - base['failed']}).")
     found, missing = [], []
@@ -177,7 +182,7 @@ def findings(result: BenchmarkResult) -> list[str]:
     for f in evidence_table(result):
         if f["study"] == "regime":
             out.append(f"Regime {f.get('arch')} / {f['attack']} at {f['stage']} epochs: "
-                       f"{_ci(f['psnr_x_median'], f['psnr_x_ci_low'], f['psnr_x_ci_high'])} dB vs "
+                       f"{_psnr_ci(f)} dB vs "
                        f"{_num(f['baseline_mean_colour_median'], 1)} dB mean colour: "
                        + ("leaks." if f["leaks"] else "no leakage measured."))
     if result.correlation:
