@@ -40,7 +40,7 @@ from torch.func import vmap
 from ats.aware import shift_hypotheses, warp
 from ats.federated import SharedUpdate
 from ats.objective import Problem, total_variation
-from ats.optim import lr_milestones, make_stepper
+from ats.optim import Stepper, lr_milestones, make_stepper
 from ats.policy import Hybrid, Policy
 from ats.restarts import DIVERGED, RestartTracker
 
@@ -74,6 +74,7 @@ class AttackConfig:
     history: int = 100  # lbfgs only: curvature pairs kept
     inner: int = 20  # lbfgs only: evaluations per iteration (torch's max_iter)
     aware: bool = False  # also learn the policy's translation (and flip, over restart pairs)
+    screen: int = 0  # restarts > 1: after this many iterations only each target's cheapest restart goes on
 
     def __post_init__(self) -> None:
         for value, allowed, what in (
@@ -88,6 +89,8 @@ class AttackConfig:
             raise ValueError(f"iterations must be at least 1, got {self.iterations}")
         if self.restarts < 1:
             raise ValueError(f"restarts must be at least 1, got {self.restarts}")
+        if self.screen < 0:
+            raise ValueError(f"screen must be 0 (off) or a number of iterations, got {self.screen}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.aware and self.labels == "joint":
@@ -214,7 +217,9 @@ def iter_reconstruct(model: nn.Module, update: SharedUpdate, config: AttackConfi
     `crop_flip`, as its threat model says; it needs both (a ValueError otherwise), and the other
     attacks ignore them. A per-example update is attacked image by image (independently, batched);
     an aggregated one jointly (`joint` defaults to that choice). `init` fixes the starting points,
-    (B·R, 3, H, W) in normalized space, target-major.
+    (B·R, 3, H, W) in normalized space, target-major. With `config.screen`, every restart runs
+    that many iterations, then only each target's cheapest goes on: R restarts for about
+    (R·screen + iterations − screen) / iterations times one restart's cost.
     """
     config = config or AttackConfig.ig()
     started = time.perf_counter()
@@ -223,13 +228,15 @@ def iter_reconstruct(model: nn.Module, update: SharedUpdate, config: AttackConfi
     problem = Problem.build(model, update, config, joint=joint, **_known_transform(config, policy, crop_flip))
     z = problem.initial(generator, init)  # (N, D): every restart of every target
     best = RestartTracker.start(z)
-    step = make_stepper(problem, config, z)
+    stepper = make_stepper(problem, config, z)
     history: list[tuple[int, tuple[float, ...]]] = []
     every = config.iterations if every <= 0 else every
     for iteration in range(1, config.iterations + 1):
         before = z.detach().clone()  # the costs `step` returns are those of this state
-        best.track(before, step(iteration))
+        best.track(before, stepper.step(iteration))
         final = iteration == config.iterations or best.all_failed
+        if iteration == config.screen and problem.restarts > 1 and not final:
+            problem, best, z = _screen(problem, best, stepper)
         if iteration % every == 0 or final:
             if final:
                 best.rescore(problem, z)  # pick the restart by its cost without TV
@@ -238,6 +245,14 @@ def iter_reconstruct(model: nn.Module, update: SharedUpdate, config: AttackConfi
             yield replace(snapshot, history=tuple(history))
             if final:
                 return
+
+
+def _screen(problem: Problem, best: RestartTracker, stepper: Stepper) -> tuple[Problem, RestartTracker, Tensor]:
+    """Successive halving in one round: each target keeps its cheapest restart so far, with its
+    optimizer state, and only that one goes on. Every hypothesis is tried, for `screen` iterations."""
+    chosen, _, _ = best.choose(problem.groups, problem.restarts, False)
+    narrowed = problem.narrow(chosen)
+    return narrowed, best.narrow(chosen), stepper.narrow(chosen, narrowed)
 
 
 def _known_transform(config: AttackConfig, policy: Policy | Hybrid | str | None,
@@ -255,7 +270,7 @@ def _snapshot(problem: Problem, best: RestartTracker, iteration: int, seconds: f
               done: bool) -> Reconstruction:
     """The best restart of each target so far, as a `Reconstruction` on the CPU."""
     config = problem.config
-    chosen, loss, status = best.choose(problem.groups, config.restarts, done)
+    chosen, loss, status = best.choose(problem.groups, problem.restarts, done)
     state = best.last_good[chosen]  # (G, D)
     pixels = problem.to_pixels(state).clamp(0, 1)  # (G, k, C, H, W)
     labels = problem.labels.reshape(-1)

@@ -91,12 +91,13 @@ def plan_cells(config: BenchmarkConfig, seed: int) -> tuple[Cell, ...]:
     return tuple(cells)
 
 
-def aware_attack(base: attacks.AttackConfig, restarts: int = 8) -> attacks.AttackConfig:
-    """`base` made policy-aware, trying every flip × x-sign × y-sign hypothesis (8 restarts)."""
+def aware_attack(base: attacks.AttackConfig, restarts: int = 8, screen: int = 0) -> attacks.AttackConfig:
+    """`base` made policy-aware, trying every flip × x-sign × y-sign hypothesis (8 restarts); with
+    `screen`, each for that many iterations, then only each image's cheapest to the end."""
     if base.aware:
         return base
     name = "aware" if base.name == "ig" else f"aware-{base.name}"
-    return replace(base, name=name, aware=True, restarts=restarts)
+    return replace(base, name=name, aware=True, restarts=restarts, screen=screen)
 
 
 def cell_attack(cell: Cell, config: BenchmarkConfig) -> attacks.AttackConfig:
@@ -105,13 +106,16 @@ def cell_attack(cell: Cell, config: BenchmarkConfig) -> attacks.AttackConfig:
         attack = attacks.AttackConfig.preset(cell.attack)
         return replace(attack, iterations=cell.iterations or attack.iterations)
     if cell.study == "aware":
-        return aware_attack(config.attack, config.aware_restarts)
+        return aware_attack(config.attack, config.aware_restarts, config.aware_screen)
     return config.attack
 
 
 def attack_label(attack: attacks.AttackConfig) -> str:
-    """The attack's name in a store key: restarts are part of what was run."""
-    return attack.name if attack.restarts == 1 else f"{attack.name}-r{attack.restarts}"
+    """The attack's name in a store key: restarts (and their screening) are part of what was run."""
+    if attack.restarts == 1:
+        return attack.name
+    screened = f"-s{attack.screen}" if 0 < attack.screen < attack.iterations else ""
+    return f"{attack.name}-r{attack.restarts}{screened}"
 
 
 def cell_key(cell: Cell, config: BenchmarkConfig, *, digest: str, seed: int, privacy_key: str = "") -> CellKey:

@@ -17,7 +17,7 @@ rates, TV weight and box mean the same; `to_pixels` maps them back to [0, 1].
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -53,6 +53,7 @@ class Problem:
     reach: Tensor  # (2,) the largest |shift| in pixels (x, y) the aware attacker considers
     starts: Tensor  # (N, 2) per candidate: the shift it starts from (aware attacks)
     flips: Tensor  # (N,) bool, per candidate: does it assume a flipped image (aware attacks)
+    restarts: int  # candidates per group: the config's restarts, 1 once screened (`narrow`)
 
     @classmethod
     def build(cls, model: nn.Module, update: SharedUpdate, config: AttackConfig, *, joint: bool,
@@ -89,6 +90,7 @@ class Problem:
             reach=reach.to(device),
             starts=starts.repeat(groups, 1).to(device),
             flips=flips.repeat(groups).to(device),
+            restarts=config.restarts,
         )
 
     @property
@@ -103,11 +105,15 @@ class Problem:
 
     @property
     def candidates(self) -> int:
-        return self.groups * self.config.restarts
+        return self.groups * self.restarts
 
     def group_of(self) -> Tensor:
         """The group (target) of each candidate, target-major: (N,)."""
-        return torch.arange(self.groups, device=self.mean.device).repeat_interleave(self.config.restarts)
+        return torch.arange(self.groups, device=self.mean.device).repeat_interleave(self.restarts)
+
+    def narrow(self, chosen: Tensor) -> Problem:
+        """The same problem with one candidate per group left: `chosen` (G,), a candidate index each."""
+        return replace(self, starts=self.starts[chosen], flips=self.flips[chosen], restarts=1)
 
     def initial(self, generator: torch.Generator | None, init: Tensor | None) -> Tensor:
         """The starting variables (N, D): `init`'s images or the config's random ones, leaf tensors."""

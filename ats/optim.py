@@ -12,7 +12,6 @@ and its cost reported as NaN; the others go on.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,33 +22,62 @@ if TYPE_CHECKING:
     from ats.objective import Problem
 
 
-def make_stepper(problem: Problem, config: AttackConfig, z: Tensor) -> Callable[[int], Tensor]:
-    """A function `step(iteration) -> costs (N,)` advancing every candidate by one iteration.
-
-    The costs returned are those of the candidates before the step (NaN where non-finite).
-    """
+def make_stepper(problem: Problem, config: AttackConfig, z: Tensor) -> Stepper:
+    """A `Stepper` advancing every candidate of `z` by one iteration per `step(iteration)` call."""
     if config.optimizer == "lbfgs":
-        return BatchedLBFGS(problem, config, z).step
-    if config.optimizer == "adam":
-        optimizer = torch.optim.Adam([z], lr=config.lr)
-    else:
-        optimizer = torch.optim.SGD([z], lr=config.lr, momentum=config.momentum, nesterov=True)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=lr_milestones(config), gamma=0.1)
-    alive = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
+        return BatchedLBFGS(problem, config, z)
+    return FirstOrder(problem, config, z)
 
-    def step(iteration: int) -> Tensor:
-        costs, grads = problem.costs_and_grads(z)
+
+class Stepper:
+    """`step(iteration) -> costs (N,)` (NaN where non-finite) advances every candidate one iteration
+    and returns the costs they had before it; `narrow(index)` keeps only the candidates `index`,
+    with their optimizer state, for a problem narrowed the same way (see `Problem.narrow`)."""
+
+    problem: Problem
+    z: Tensor
+
+    def step(self, iteration: int) -> Tensor:
+        raise NotImplementedError
+
+    def narrow(self, index: Tensor, problem: Problem) -> Tensor:
+        raise NotImplementedError
+
+
+class FirstOrder(Stepper):
+    """Adam (optionally on the gradient's sign) or Nesterov SGD, with IG's lr decay."""
+
+    def __init__(self, problem: Problem, config: AttackConfig, z: Tensor):
+        self.problem, self.config, self.z = problem, config, z
+        if config.optimizer == "adam":
+            self.optimizer = torch.optim.Adam([z], lr=config.lr)
+        else:
+            self.optimizer = torch.optim.SGD([z], lr=config.lr, momentum=config.momentum, nesterov=True)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=lr_milestones(config),
+                                                              gamma=0.1)
+        self.alive = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
+
+    def step(self, iteration: int) -> Tensor:
+        z, config = self.z, self.config
+        costs, grads = self.problem.costs_and_grads(z)
         finite = torch.isfinite(costs) & torch.isfinite(grads).all(dim=1)
-        alive.logical_and_(finite)
-        grads = torch.where(alive[:, None], grads, torch.zeros_like(grads))
+        self.alive.logical_and_(finite)
+        grads = torch.where(self.alive[:, None], grads, torch.zeros_like(grads))
         z.grad = grads.sign() if config.signed else grads
-        optimizer.step()
-        scheduler.step()
+        self.optimizer.step()
+        self.scheduler.step()
         if config.boxed:
-            clamp_to_box(problem, z)
-        return torch.where(alive, costs.detach(), torch.full_like(costs, float("nan")))
+            clamp_to_box(self.problem, z)
+        return torch.where(self.alive, costs.detach(), torch.full_like(costs, float("nan")))
 
-    return step
+    def narrow(self, index: Tensor, problem: Problem) -> Tensor:
+        kept = self.z.detach()[index].clone().requires_grad_(True)
+        state = self.optimizer.state.pop(self.z, {})
+        self.optimizer.state[kept] = {k: v[index].clone() if torch.is_tensor(v) and v.dim() > 0 else v
+                                      for k, v in state.items()}
+        self.optimizer.param_groups[0]["params"] = [kept]
+        self.problem, self.z, self.alive = problem, kept, self.alive[index]
+        return kept
 
 
 def lr_milestones(config: AttackConfig) -> list[int]:
@@ -73,7 +101,7 @@ def clamp_to_box(problem: Problem, z: Tensor) -> None:
             z[:, -2:].copy_(torch.maximum(torch.minimum(z[:, -2:], problem.reach), -problem.reach))
 
 
-class BatchedLBFGS:
+class BatchedLBFGS(Stepper):
     """torch.optim.LBFGS (no line search) run for N independent problems at once.
 
     One iteration is one `LBFGS.step()`: up to `config.inner` gradient evaluations and updates
@@ -126,6 +154,14 @@ class BatchedLBFGS:
                 clamp_to_box(self.problem, self.z)
             active &= step.abs().amax(dim=1) > 1e-9
         return first_costs
+
+    def narrow(self, index: Tensor, problem: Problem) -> Tensor:
+        for name in ("s", "y", "rho", "h_diag", "prev_step", "alive", "finite"):
+            setattr(self, name, getattr(self, name)[index])
+        if self.prev_grad is not None:
+            self.prev_grad = self.prev_grad[index]
+        self.problem, self.z = problem, self.z.detach()[index].clone().requires_grad_(True)
+        return self.z
 
     def _direction(self, g: Tensor, costs: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
         """The search direction (N, D) and step size (N,): steepest descent first, then L-BFGS."""

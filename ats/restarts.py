@@ -54,6 +54,11 @@ class RestartTracker:
         if self.iteration == 1:
             self.initial = torch.where(ok, cost, self.initial)
 
+    def narrow(self, chosen: Tensor) -> RestartTracker:
+        """Only the candidates `chosen` (one per group) tracked from here on (see `Problem.narrow`)."""
+        return RestartTracker(self.last_good[chosen], self.cost[chosen], self.failed_at[chosen],
+                              self.initial[chosen], self.iteration)
+
     def rescore(self, problem: Problem, z: Tensor) -> None:
         """Score every candidate's final state by its cost without TV (IG's 'loss' scoring)."""
         with torch.no_grad():

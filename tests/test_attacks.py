@@ -11,7 +11,7 @@ from ats.attacks import AttackConfig, iter_reconstruct, reconstruct
 from ats.aware import warp
 from ats.federated import client_update
 from ats.metrics import psnr
-from ats.models import build_model
+from ats.models import build_model, input_stats
 from ats.reference import invert_gradient_sequential
 
 
@@ -182,6 +182,40 @@ def test_aware_warp_is_a_black_filled_shift_and_flip(image_batch):
     assert torch.allclose(shifted, expected, atol=1e-5)
     flipped = warp(x, torch.zeros(2), torch.tensor(True))
     assert torch.allclose(flipped, x.flip(-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["ig", "idlg"])
+def test_screening_keeps_each_targets_cheapest_restart_and_its_optimizer_state(lenet, image_batch, preset,
+                                                                               monkeypatch):
+    """Restart 1 starts near the true image, so it is the cheapest at the screen and at the end:
+    the screened run must then end exactly where the full run's best restart does (Adam's moments
+    and L-BFGS's curvature history carried over), having evaluated R·s + (T − s) candidates a target."""
+    from ats.objective import Problem
+
+    x, y = image_batch[0][:2], image_batch[1][:2]
+    update = client_update(lenet, x, y, per_example=True).shared
+    mean, std = (t.view(3, 1, 1) for t in input_stats(lenet))
+    init = torch.randn(2, 3, *x.shape[1:], generator=torch.Generator().manual_seed(3))
+    init[:, 1] = (x - mean) / std + 0.05 * init[:, 1]  # (target, restart, C, H, W)
+    init = init.reshape(6, *x.shape[1:])
+    full_config = replace(AttackConfig.preset(preset), iterations=5, restarts=3, inner=3)
+    evaluated = []
+    original = Problem.costs_and_grads
+    monkeypatch.setattr(Problem, "costs_and_grads",
+                        lambda self, z, with_tv=True: evaluated.append(z.shape[0]) or original(self, z, with_tv))
+    full = reconstruct(lenet, update, full_config, init=init)
+    full_count, evaluated[:] = sum(evaluated), []
+    screened = reconstruct(lenet, update, replace(full_config, screen=2), init=init)
+    assert (screened.images - full.images).abs().max() < 1e-3  # batch size changes float rounding only
+    assert torch.allclose(screened.loss, full.loss, rtol=1e-3)
+    per_step = full_config.inner if preset == "idlg" else 1  # L-BFGS: up to `inner` evaluations an iteration
+    bound = 2 * (3 * 2 * per_step + 1 * 3 * per_step + 1)  # 3 restarts × 2 its, then 1 × 3 its, + the rescore
+    if preset == "ig":
+        assert (full_count, sum(evaluated)) == (2 * 3 * (5 + 1), bound)
+    else:
+        assert sum(evaluated) <= bound < full_count
+    with pytest.raises(ValueError, match="screen"):
+        AttackConfig(screen=-1)
 
 
 def test_aware_attack_learns_a_bounded_shift_and_scores_its_own_transform(resnet, image_batch):
