@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from ats.limits import NOISE_SCALE, PRUNE_PERCENT
 from ats.models import last_linear
 from ats.policy import Hybrid, Policy, as_policy
 
@@ -144,7 +145,8 @@ _KERNELS: dict[str, Callable[[Tensor, float, torch.Generator | None, bool], Tens
 _ALIASES = {"prune": "prune", "gauss": "gauss", "gaussian": "gauss", "lap": "lap", "laplace": "lap", "laplacian": "lap"}
 _NEEDS_GENERATOR = ("gauss", "lap")
 DEFENSES = ("none", "prune-70", "prune-95", "prune-99", "gauss-1e-3", "gauss-1e-2", "lap-1e-3", "lap-1e-2")
-_FORMS = "'none', 'prune-P' (0 < P < 100), 'gauss-S' or 'gaussian-S' (S > 0), 'lap-B', 'laplace-B' or 'laplacian-B' (B > 0)"
+_FORMS = ("'none', 'prune-P' (P 0.1..99.9), 'gauss-S' or 'gaussian-S' (S 1e-6..10), 'lap-B', 'laplace-B' or "
+          "'laplacian-B' (B 1e-6..10)")  # the ranges of `ats.limits` (PRUNE_PERCENT, NOISE_SCALE)
 
 
 def _format_amount(value: float) -> str:
@@ -163,8 +165,8 @@ class Defense:
     def __post_init__(self) -> None:
         if self.kind not in _KERNELS:
             raise ValueError(f"defense kind {self.kind!r} is not one of {', '.join(_KERNELS)}")
-        valid = {"none": self.amount == 0, "prune": 0 < self.amount < 100}.get(
-            self.kind, math.isfinite(self.amount) and self.amount > 0)
+        low, high = PRUNE_PERCENT if self.kind == "prune" else NOISE_SCALE
+        valid = self.amount == 0 if self.kind == "none" else low <= self.amount <= high
         if not valid:
             raise ValueError(f"defense amount {self.amount!r} does not suit {self.kind!r}; accepted: {_FORMS}")
 
@@ -180,21 +182,32 @@ class Defense:
         return tuple(kernel(g, self.amount, generator, per_example) for g in gradients)
 
 
+_NUMBER = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[-+]?[0-9]{1,3})?")  # plain ASCII decimals only
+
+
 def parse_defense(text: str | Defense | None) -> Defense:
-    """'none', 'prune-70', 'gauss-1e-3' (or 'gaussian-'), 'lap-1e-2' (or 'laplace-', 'laplacian-')."""
+    """'none', 'prune-70', 'gauss-1e-3' (or 'gaussian-'), 'lap-1e-2' (or 'laplace-', 'laplacian-').
+
+    The amount is a plain ASCII decimal ("70", "0.5", "1e-3"; no "7_0", no other scripts' digits)
+    within `ats.limits.PRUNE_PERCENT` for prune and `NOISE_SCALE` for the noises.
+    """
     if text is None or isinstance(text, Defense):
         return text or Defense()
-    cleaned = str(text).strip().lower()
+    cleaned = str(text).strip(" ").lower()
+    shown = repr(text) if len(str(text)) <= 40 else f"{str(text)[:30]!r}… ({len(str(text)):,} characters)"
     if cleaned == "none":
         return Defense()
     match = re.fullmatch(r"([a-z]+)-(.+)", cleaned)
     if match is None or match.group(1) not in _ALIASES:
-        raise ValueError(f"defense {text!r} is not understood; accepted: {_FORMS}")
-    try:
-        amount = float(match.group(2))
-    except ValueError:
-        raise ValueError(f"defense {text!r} has no number after the dash; accepted: {_FORMS}") from None
-    return Defense(_ALIASES[match.group(1)], amount)
+        raise ValueError(f"defense {shown} is not understood; accepted: {_FORMS}")
+    number = match.group(2)
+    if len(number) > 24 or not _NUMBER.fullmatch(number):
+        raise ValueError(f"defense {shown} has no plain number after the dash; accepted: {_FORMS}")
+    kind, amount = _ALIASES[match.group(1)], float(number)
+    low, high = PRUNE_PERCENT if kind == "prune" else NOISE_SCALE
+    if not low <= amount <= high:
+        raise ValueError(f"defense {shown}: {kind} must be {low:g}..{high:g}, got {amount:g}; accepted: {_FORMS}")
+    return Defense(kind, amount)
 
 
 # --- the client -----------------------------------------------------------------------------------

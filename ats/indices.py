@@ -74,21 +74,24 @@ MAX_INDICES = 100_000  # more than any split here holds (CIFAR train: 50,000)
 def parse_indices(text: str, *, limit: int = MAX_INDICES) -> tuple[int, ...]:
     """"0-4" -> (0, 1, 2, 3, 4); "0,3,7"; "0-4,9". Ranges are inclusive; no repeats; ASCII digits.
 
-    At most `limit` indices, refused before any list is built, and checked in linear time."""
+    At most `limit` indices (say, the images a split holds), refused before any list is built,
+    and checked in linear time."""
+    text = str(text)
+    shown = repr(text) if len(text) <= 40 else f"{text[:30]!r}… ({len(text):,} characters)"
     indices: list[int] = []
-    for part in str(text).replace(" ", "").split(","):
+    for part in text.replace(" ", "").split(","):
         match = re.fullmatch(r"([0-9]{1,9})(?:-([0-9]{1,9}))?", part)
         if match is None:
-            raise ValueError(f"indices {text!r}: {part!r} is not a number or a range like 0-4")
+            raise ValueError(f"indices {shown}: {part[:20]!r} is not a number or a range like 0-4")
         first, last = int(match[1]), int(match[2] or match[1])
         if last < first:
-            raise ValueError(f"indices {text!r}: range {part!r} runs backwards")
+            raise ValueError(f"indices {shown}: range {part!r} runs backwards")
         if len(indices) + last - first + 1 > limit:
-            raise ValueError(f"indices {text!r} name more than {limit:,} images")
+            raise ValueError(f"indices {shown} name more than {limit:,} images")
         indices += range(first, last + 1)
     seen: set[int] = set()
     for i in indices:
         if i in seen:
-            raise ValueError(f"indices {text!r} name {i} more than once")
+            raise ValueError(f"indices {shown} name {i} more than once")
         seen.add(i)
     return tuple(indices)

@@ -9,6 +9,11 @@ horizontal flip, then the policy, before computing its gradient (`transform`).
 The original drew hybrid choices from NumPy's global RNG inside DataLoader workers and never
 checked that a hybrid's policies share no op, as the paper requires; here every draw comes from
 a passed `torch.Generator` and `Hybrid.is_disjoint` makes the check.
+
+`parse_policy` reads a policy written on one line: spaces around '-' and '+' are ignored, but
+line breaks, tabs and other invisible characters are refused, and so is a hybrid that names
+the same policy twice ("3+3": the paper's hybrids combine different policies). Policies have
+at most `ats.limits.POLICY_OPS` ops and hybrids `HYBRID_POLICIES` policies.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from ats.limits import HYBRID_POLICIES, POLICY_OPS, POLICY_TEXT
 from ats.ops import apply_op, check_images, check_semantics, random_crop_flip
 from ats.pool import POOL, OpSpec, describe, op_spec
 
@@ -131,40 +137,72 @@ class Hybrid:
         return transform(x, self, generator, crop_flip=crop_flip, semantics=semantics)
 
 
+def _quote(text: str) -> str:
+    """`text` quoted for a message, cut short when long."""
+    return repr(text) if len(text) <= 40 else f"{text[:30]!r}… ({len(text):,} characters)"
+
+
 def _parse_part(part: str, text: str) -> Policy:
     """One '-'-joined policy of `text`; `part` is already stripped and non-empty."""
     if part.lower() == "none":
         return Policy.none()
+    tokens = part.split("-")
+    if len(tokens) > POLICY_OPS:
+        raise ValueError(f"policy {_quote(text)} has {len(tokens):,} ops in {_quote(part)}; at most "
+                         f"{POLICY_OPS} ops a policy (the paper's have 3)")
     indices = []
-    for position, token in enumerate(part.split("-"), start=1):
-        token = token.strip()
+    for position, token in enumerate(tokens, start=1):
+        token = token.strip(" ")
         if not token:
             hint = " (negative indices do not exist)" if part.startswith("-") and position == 1 else ""
-            raise ValueError(f"policy {text!r} has an empty index at position {position} of {part!r}{hint}; "
-                             f"{_SYNTAX}")
+            raise ValueError(f"policy {_quote(text)} has an empty index at position {position} of "
+                             f"{_quote(part)}{hint}; {_SYNTAX}")
         if not (token.isascii() and token.isdigit()):
-            raise ValueError(f"policy {text!r}: {token!r} is not an index; indices are whole numbers 0–{_LAST}")
+            raise ValueError(f"policy {_quote(text)}: {_quote(token)} is not an index; indices are whole "
+                             f"numbers 0–{_LAST}")
+        if len(token) > 3:  # never convert a 5,000-digit number
+            raise ValueError(f"policy index {_quote(token)} is out of range 0–{_LAST}")
         indices.append(op_spec(int(token)).index)
     return Policy(tuple(indices))
+
+
+def _check_characters(text: str) -> None:
+    """ValueError for a look-alike dash or an invisible character (line break, tab, …) in `text`."""
+    for char, name in _DASHES.items():
+        if char in text:
+            raise ValueError(f"policy {_quote(text)} contains a {name}; use the ASCII hyphen '-' instead, "
+                             f"as in {_quote(text.replace(char, '-'))}")
+    for position, char in enumerate(text, start=1):
+        if not char.isprintable():
+            name = {"\n": "a line break", "\r": "a line break", "\t": "a tab"}.get(char, f"U+{ord(char):04X}")
+            raise ValueError(f"policy {_quote(text)} contains {name} at character {position}; write a "
+                             f"policy on one line, with only spaces around '-' and '+'")
 
 
 def parse_policy(text: str) -> Policy | Hybrid:
     """Parse "3-1-7", "3-1-7+43-18-18" or "none"; `str()` of the result gives the canonical form back."""
     if not isinstance(text, str):
         raise ValueError(f"a policy string is needed, got {type(text).__name__}; {_SYNTAX}")
-    for char, name in _DASHES.items():
-        if char in text:
-            raise ValueError(f"policy {text!r} contains a {name}; use the ASCII hyphen '-' instead, "
-                             f"as in {text.replace(char, '-')!r}")
-    if not text.strip():
+    if len(text) > POLICY_TEXT:
+        raise ValueError(f"policy {_quote(text)} is longer than {POLICY_TEXT:,} characters; at most "
+                         f"{HYBRID_POLICIES} policies of {POLICY_OPS} ops")
+    _check_characters(text)
+    if not text.strip(" "):
         raise ValueError(f"policy string is empty; {_SYNTAX}")
     parts = text.split("+")
-    policies = []
+    if len(parts) > HYBRID_POLICIES:
+        raise ValueError(f"policy {_quote(text)} is a hybrid of {len(parts)} policies; at most {HYBRID_POLICIES} "
+                         f"(the paper's have 2)")
+    policies: list[Policy] = []
     for number, part in enumerate(parts, start=1):
-        if not part.strip():
-            raise ValueError(f"policy {text!r} has an empty policy at part {number} of {len(parts)} "
+        if not part.strip(" "):
+            raise ValueError(f"policy {_quote(text)} has an empty policy at part {number} of {len(parts)} "
                              f"around '+'; {_SYNTAX}")
-        policies.append(_parse_part(part.strip(), text))
+        policy = _parse_part(part.strip(" "), text)
+        if policy in policies:
+            raise ValueError(f"policy {_quote(text)} names {policy} twice; a hybrid combines different "
+                             f"policies, so write each once")
+        policies.append(policy)
     return policies[0] if len(policies) == 1 else Hybrid(tuple(policies))
 
 

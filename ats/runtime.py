@@ -5,6 +5,7 @@ Nothing in `ats` touches global RNG state implicitly: functions that need random
 """
 from __future__ import annotations
 
+import operator
 import os
 import random
 from importlib import resources
@@ -35,9 +36,16 @@ def pick_device(name: str | None = None) -> torch.device:
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A fresh `torch.Generator` on `device`, seeded with `seed`."""
+    """A fresh `torch.Generator` on `device`, seeded with `seed` (a whole number that fits 64 bits)."""
+    try:
+        value = operator.index(seed)
+    except TypeError:
+        value = None
+    if value is None or not -2**63 <= value < 2**64:
+        raise ValueError(f"seed {str(seed)[:24]} must be a whole number in -2**63..2**64-1 "
+                         f"(the command line takes 0..2**32-1)")
     generator = torch.Generator(device=torch.device(device))
-    generator.manual_seed(int(seed))
+    generator.manual_seed(value)
     return generator
 
 

@@ -8,9 +8,11 @@ Gao et al., "Privacy-preserving Collaborative Learning with Automatic Transforma
 The original drew 1,600 unseeded candidates with index 50 (which crashed) and duplicates (see
 `docs/method.md`). Here the draw is seeded, in range and unique (`candidates`), and `run_search`
 writes each finished policy to the results database so that an interrupted search resumes where it
-stopped. `racing=True` spends less: every candidate is first scored on a few images, and only
-those that can still reach the top set are scored on all of them (`ats.racing`; only
-full-definition scores are stored).
+stopped. Two searches on one database split the work: each claims a policy in the store before
+scoring it (`Store.claim`), skips those another writer holds, and at the end waits for them.
+`racing=True` spends less: every candidate is first scored on a few images, and only those that
+can still reach the top set are scored on all of them (`ats.racing`; only full-definition scores
+are stored).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from ats.limits import MAX_CANDIDATES
 from ats.pool import POOL
 from ats.policy import Hybrid, Policy, parse_policy
 from ats.published import PAPER_POLICIES
@@ -62,12 +65,17 @@ def single_ops() -> tuple[Policy, ...]:
 
 
 def parse_policies(texts: str | Iterable[str]) -> tuple[Policy | Hybrid, ...]:
-    """User-given policies ("3-1-7,43-18-18" or a list of strings), canonical, duplicates dropped."""
+    """User-given policies ("3-1-7,43-18-18" or a list of strings), canonical, duplicates dropped.
+
+    An empty list (or string) is refused, and so are more than `ats.limits.MAX_CANDIDATES` policies."""
     if isinstance(texts, str):
-        texts = texts.split(",")
-    parsed = {str(p): p for p in (parse_policy(t.strip()) for t in texts)}
-    if not parsed:
+        texts = texts.split(",") if texts.strip(" ") else []
+    texts = list(texts)
+    if not texts:
         raise ValueError("no policies given; write them as 3-1-7,43-18-18")
+    if len(texts) > MAX_CANDIDATES:
+        raise ValueError(f"{len(texts):,} policies given; at most {MAX_CANDIDATES:,} a search")
+    parsed = {str(p): p for p in (parse_policy(t) for t in texts)}
     return tuple(parsed.values())
 
 
@@ -87,7 +95,7 @@ class SearchProgress:
     total: int  # policies this run had to score (those already stored are not counted)
     skipped: int  # policies found in the store at the start
     policy: str
-    row: ScoreRow | None  # None when racing dropped the policy
+    row: ScoreRow | None  # None when racing dropped the policy or another writer scored it
     stage: str = "full"  # "full", or "race: accuracy" / "race: m/N images" while racing
 
 
@@ -101,6 +109,7 @@ class SearchResult:
     dropped: int  # policies racing eliminated early
     image_scores: int  # privacy evaluations spent in this run (images × policies), racing's cost unit
     seconds: float
+    by_others: int = 0  # policies another writer of the same store scored while this run went on
 
 
 Scorer = Callable[..., tuple]  # (policy, *, privacy_model, accuracy_model, data, config, seed) -> (PrivacyScore, AccuracyScore)
@@ -127,12 +136,15 @@ def _reporter(callback: Callable[[SearchProgress], None] | None, skipped: int):
 
 def run_search(policies: Sequence[Policy | Hybrid | str], *, store: Store, privacy_model, accuracy_model, data,
                config, seed: int, checkpoint_hash: str, callback: Callable[[SearchProgress], None] | None = None,
-               racing: bool | Racing = False, scorer: Scorer | None = None) -> SearchResult:
+               racing: bool | Racing = False, scorer: Scorer | None = None, poll: float = 1.0) -> SearchResult:
     """Score every policy not yet in `store` under (config.definition(), checkpoint_hash, seed).
 
     Each row is written (and committed) as soon as its policy is done, so an interrupted search
-    resumes by calling this again with the same arguments. `scorer` defaults to
-    `ats.scores.score_policy`; tests pass a cheap stand-in. With `racing`, see `ats.racing.Racing`.
+    resumes by calling this again with the same arguments. A policy is claimed in `store` before
+    it is scored, so another search on the same database takes the others; policies held by
+    another writer are waited for (checked every `poll` seconds) and taken over if it dies.
+    `scorer` defaults to `ats.scores.score_policy`; tests pass a cheap stand-in. With `racing`, see
+    `ats.racing.Racing`.
     """
     if scorer is None:
         from ats.scores import score_policy as scorer
@@ -145,19 +157,43 @@ def run_search(policies: Sequence[Policy | Hybrid | str], *, store: Store, priva
     todo = [n for n in names if n not in stored]
     skipped = len(names) - len(todo)
     common = dict(privacy_model=privacy_model, accuracy_model=accuracy_model, data=data, config=config, seed=seed)
-    dropped, spent, done = 0, 0, 0
+    dropped, spent = 0, 0
     if racing and todo:
         anchors = store.get_scores(definition, checkpoint_hash, seed)
         todo, spent = race(todo, objects, racing if isinstance(racing, Racing) else Racing(), anchors=anchors,
                            report=_reporter(callback, skipped), **common)
         dropped = len(names) - skipped - len(todo)
-    for name in todo:
-        row = _score(objects[name], scorer, definition=definition, checkpoint_hash=checkpoint_hash, **common)
-        store.put_score(row)
-        spent += row.images
-        done += 1
-        if callback is not None:
-            callback(SearchProgress(done, len(todo), skipped, name, row))
+    mine = _score_claimed(todo, objects, store, scorer, callback, skipped, poll, definition=definition,
+                          checkpoint_hash=checkpoint_hash, **common)
+    spent += sum(row.images for row in mine)
     rows = {r.policy: r for r in store.get_scores(definition, checkpoint_hash, seed)}
-    return SearchResult(tuple(rows[n] for n in names if n in rows), len(todo), skipped, dropped, spent,
-                        time.perf_counter() - started)
+    return SearchResult(tuple(rows[n] for n in names if n in rows), len(mine), skipped, dropped, spent,
+                        time.perf_counter() - started, by_others=len(todo) - len(mine))
+
+
+def _score_claimed(todo: list[str], objects: dict, store: Store, scorer: Scorer, callback, skipped: int,
+                   poll: float, *, definition: str, checkpoint_hash: str, seed: int, **common) -> list[ScoreRow]:
+    """Score each policy of `todo` this writer can claim; then wait for those another writer holds,
+    taking over any whose writer died. Returns the rows this writer scored."""
+    mine: list[ScoreRow] = []
+    waiting, done = list(todo), 0
+    while waiting:
+        held = []
+        for name in waiting:
+            if store.claim(name, definition, checkpoint_hash, seed):
+                row = _score(objects[name], scorer, definition=definition, checkpoint_hash=checkpoint_hash,
+                             seed=seed, **common)
+                store.put_score(row)
+                mine.append(row)
+            elif store.has(name, definition, checkpoint_hash, seed):
+                row = None  # another writer scored it
+            else:
+                held.append(name)  # another writer is on it: look again later
+                continue
+            done += 1
+            if callback is not None:
+                callback(SearchProgress(done, len(todo), skipped, name, row))
+        if held and len(held) == len(waiting):
+            time.sleep(poll)  # nothing to do but wait for the other writers
+        waiting = held
+    return mine

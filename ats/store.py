@@ -8,21 +8,35 @@ own transaction, so a search that is interrupted (Ctrl-C, `kill -9`) and restart
 nor duplicates a row. The file runs in WAL mode, so readers (`ats search --show`, the app) never
 block the writer.
 
+Two searches on one file split the work: before scoring a policy a writer claims it (`claim`, a
+row of `claims` naming its host and process), and skips policies another live writer holds or
+has stored; a writer's claims die with its process. Every SQLite failure (a damaged file, a
+read-only one, a table missing) and every damaged stored value is a one-line ValueError naming
+the file.
+
 The schema is versioned in the `meta` table; each later table (attack runs, benchmark rows) is a
-new migration step in `_MIGRATIONS`.
+new migration step in `_MIGRATIONS`. The claims are bookkeeping, not results: their table is made
+when missing, outside the version, so older versions of ats still open the file.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
+import re
+import socket
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 FORMAT = "ats-results"
 SCHEMA_VERSION = 2
+CLAIM_SECONDS = 6 * 3600  # a claim from another host (or a reused pid) lapses after this long
+_TABLES = {1: "scores", 2: "benchmark"}  # the table each schema version adds
 _MIGRATIONS = {  # version -> statements that bring the schema from version-1 to version
     1: (
         """CREATE TABLE scores (
@@ -56,6 +70,14 @@ _MIGRATIONS = {  # version -> statements that bring the schema from version-1 to
                PRIMARY KEY (study, policy, defense, attack, checkpoint, images, iterations, seed))""",
     ),
 }
+_CLAIMS = """CREATE TABLE IF NOT EXISTS claims (
+                 policy TEXT NOT NULL,
+                 definition TEXT NOT NULL,
+                 checkpoint TEXT NOT NULL,
+                 seed INTEGER NOT NULL,
+                 owner TEXT NOT NULL,  -- host/pid/token of the writer scoring it
+                 claimed REAL NOT NULL,
+                 PRIMARY KEY (policy, definition, checkpoint, seed))"""
 _COLUMNS = ("policy", "definition", "checkpoint", "seed", "privacy", "accuracy", "accuracy_normalized",
             "per_image", "images", "seconds", "created")
 
@@ -146,6 +168,47 @@ def _float(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
+def _problem(path: Path, error: sqlite3.Error) -> str:
+    """One line saying what is wrong with the database at `path`, from SQLite's `error`."""
+    text = str(error)
+    if "readonly" in text or "read-only" in text:
+        return f"results database {path} is read-only; make it writable or give another --db"
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return f"results database {path} is damaged ({text}); restore a copy or give another --db"
+    if "locked" in text or "busy" in text:
+        return f"results database {path} stayed locked by another process ({text}); try again"
+    if "no such table" in text or "no such column" in text:
+        return f"results database {path} lacks part of its schema ({text}); give another --db"
+    return f"results database {path}: {text}"
+
+
+def _guarded(method):
+    """`method` of a Store, with every SQLite error turned into a one-line ValueError naming the file."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as error:
+            raise ValueError(_problem(self.path, error)) from error
+    return guarded
+
+
+def _owner_alive(owner: str, claimed: float) -> bool:
+    """Whether the writer that made a claim may still be working: its process, when on this host."""
+    host, _, rest = owner.partition("/")
+    if time.time() - claimed > CLAIM_SECONDS:
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(rest.split("/")[0]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        return True  # someone else's live process, or a claim this code did not write
+    return True
+
+
 class Store:
     """An open results database; use `Store.open(path)` as a context manager."""
 
@@ -153,6 +216,9 @@ class Store:
         self._db = connection
         self.path = path
         self.definition = definition
+        self.owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"  # who this store's claims name
+        self.writable = True  # False: a read-only file, left at its schema; reads work, writes are refused
+        self._claimed = False
 
     @classmethod
     def open(cls, path: str | Path, *, definition: str | None = None) -> Store:
@@ -166,13 +232,20 @@ class Store:
             raise ValueError(f"results database {path} is a folder; give a file name such as results.db")
         if not path.parent.is_dir():
             raise ValueError(f"results database {path}: folder {path.parent} does not exist")
-        connection = sqlite3.connect(path, timeout=60.0, isolation_level=None)
         try:
-            _prepare(connection, path)
+            connection = sqlite3.connect(path, timeout=60.0, isolation_level=None)
+        except sqlite3.Error as error:
+            raise ValueError(_problem(path, error)) from error
+        try:
+            writable = _prepare(connection, path)
+        except sqlite3.Error as error:
+            connection.close()
+            raise ValueError(_problem(path, error)) from error
         except BaseException:
             connection.close()
             raise
         store = cls(connection, path, definition)
+        store.writable = writable
         if definition is not None:
             store.check_definition(definition)
         return store
@@ -184,8 +257,16 @@ class Store:
         self.close()
 
     def close(self) -> None:
+        """Drop this store's open claims (a crash leaves them to lapse with the process), then close."""
+        if self._claimed:
+            try:
+                with self._db:
+                    self._db.execute("DELETE FROM claims WHERE owner = ?", (self.owner,))
+            except sqlite3.Error:
+                pass  # a read-only or damaged file: the claims lapse with this process anyway
         self._db.close()
 
+    @_guarded
     def check_definition(self, definition: str) -> None:
         """Raise ValueError when the database holds score rows, none of them under `definition`."""
         found = [row[0] for row in self._db.execute("SELECT DISTINCT definition FROM scores ORDER BY definition")]
@@ -196,6 +277,7 @@ class Store:
                 f"not by this run's {definition!r}; use another --db for this definition, or the --preset "
                 f"that matches the database")
 
+    @_guarded
     def put_score(self, row: ScoreRow) -> None:
         """Insert or replace `row` (same key: the newer values win) and commit at once."""
         if self.definition is not None and row.definition != self.definition:
@@ -210,24 +292,51 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(f"INSERT INTO scores ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
                              f"ON CONFLICT (policy, definition, checkpoint, seed) DO UPDATE SET {updates}", values)
+            self._db.execute("DELETE FROM claims WHERE policy = ? AND definition = ? AND checkpoint = ? AND seed = ?",
+                             row.key)
 
+    @_guarded
+    def claim(self, policy: str, definition: str, checkpoint: str, seed: int) -> bool:
+        """Claim the right to score this key: True when no row is stored and no other live writer holds it.
+
+        The check and the claim are one transaction, so of two writers asking at once one wins.
+        `put_score` drops the claim; `close` drops the rest.
+        """
+        if not self.writable:
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        key = (policy, definition, checkpoint, int(seed))
+        where = "policy = ? AND definition = ? AND checkpoint = ? AND seed = ?"
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            if self._db.execute(f"SELECT 1 FROM scores WHERE {where}", key).fetchone():
+                return False
+            held = self._db.execute(f"SELECT owner, claimed FROM claims WHERE {where}", key).fetchone()
+            if held and held[0] != self.owner and _owner_alive(*held):
+                return False
+            self._db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)", (*key, self.owner, time.time()))
+        self._claimed = True
+        return True
+
+    @_guarded
     def get_scores(self, definition: str, checkpoint: str, seed: int,
                    policies: Iterable[str] | None = None) -> list[ScoreRow]:
         """The rows of one (definition, checkpoint, seed), oldest first; only `policies` when given."""
         rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM scores WHERE definition = ? AND checkpoint = ? "
                                 f"AND seed = ? ORDER BY created, rowid", (definition, checkpoint, int(seed)))
-        result = [_row(values) for values in rows]
+        result = [_row(values, self.path) for values in rows]
         if policies is not None:
             wanted = set(policies)
             result = [r for r in result if r.policy in wanted]
         return result
 
+    @_guarded
     def has(self, policy: str, definition: str, checkpoint: str, seed: int) -> bool:
         """True when a row with this key exists."""
         found = self._db.execute("SELECT 1 FROM scores WHERE policy = ? AND definition = ? AND checkpoint = ? "
                                  "AND seed = ?", (policy, definition, checkpoint, int(seed)))
         return found.fetchone() is not None
 
+    @_guarded
     def put_benchmark(self, row: BenchmarkRow) -> None:
         """Insert or replace `row` in one transaction: a finished cell is never lost or duplicated."""
         created = row.created or time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -236,17 +345,21 @@ class Store:
                              (*row.key, json.dumps(row.summary, allow_nan=True),
                               json.dumps(list(row.per_image), allow_nan=True), float(row.seconds), created))
 
+    @_guarded
     def get_benchmark(self, key: tuple) -> BenchmarkRow | None:
         """The row stored under `key` (see `BenchmarkRow.key`), or None."""
         found = self._db.execute(
             "SELECT * FROM benchmark WHERE study = ? AND policy = ? AND defense = ? AND attack = ? AND checkpoint = ? "
             "AND images = ? AND iterations = ? AND seed = ?", key).fetchone()
-        return None if found is None else _benchmark_row(found)
+        return None if found is None else _benchmark_row(found, self.path)
 
+    @_guarded
     def benchmark_rows(self) -> list[BenchmarkRow]:
         """Every benchmark row, oldest first."""
-        return [_benchmark_row(r) for r in self._db.execute("SELECT * FROM benchmark ORDER BY created, rowid")]
+        rows = self._db.execute("SELECT * FROM benchmark ORDER BY created, rowid")
+        return [_benchmark_row(r, self.path) for r in rows]
 
+    @_guarded
     def groups(self) -> list[Group]:
         """Every (definition, checkpoint, seed) present, largest first (what `--show` lists)."""
         rows = self._db.execute("SELECT definition, checkpoint, seed, COUNT(*) FROM scores "
@@ -264,10 +377,19 @@ def existing_database(path: str | Path) -> Path:
     return path
 
 
-def _row(values: Sequence) -> ScoreRow:
+def _damaged(path: Path, what: str, error: Exception) -> ValueError:
+    return ValueError(f"results database {path}: the stored row of {what} is damaged "
+                      f"({type(error).__name__}: {str(error)[:80]}); delete that row or give another --db")
+
+
+def _row(values: Sequence, path: Path) -> ScoreRow:
     policy, definition, checkpoint, seed, privacy, accuracy, normalized, per_image, images, seconds, created = values
-    return ScoreRow(policy, definition, checkpoint, int(seed), _float(privacy), _float(accuracy), _float(normalized),
-                    tuple(_float(v) for v in json.loads(per_image)), int(images), float(seconds), created)
+    try:
+        return ScoreRow(policy, definition, checkpoint, int(seed), _float(privacy), _float(accuracy),
+                        _float(normalized), tuple(_float(v) for v in json.loads(per_image)), int(images),
+                        float(seconds), created)
+    except (ValueError, TypeError) as error:  # broken JSON, a number that is not one, a list that is not one
+        raise _damaged(path, f"policy {str(policy)[:40]!r}", error) from None
 
 
 # The metric names of rows written before every name said what it compares with ("_x": the original
@@ -284,17 +406,22 @@ def rename_legacy(values: dict, legacy: dict[str, str]) -> dict:
     return {legacy.get(k, k): v for k, v in values.items() if k not in legacy or legacy[k] not in values}
 
 
-def _benchmark_row(values: Sequence) -> BenchmarkRow:
+def _benchmark_row(values: Sequence, path: Path) -> BenchmarkRow:
     *key, summary, per_image, seconds, created = values
     study, policy, defense, attack, checkpoint, images, iterations, seed = key
-    return BenchmarkRow(study, policy, defense, attack, checkpoint, int(images), int(iterations), int(seed),
-                        rename_legacy(json.loads(summary), LEGACY_SUMMARY_KEYS),
-                        tuple(rename_legacy(d, LEGACY_IMAGE_KEYS) for d in json.loads(per_image)),
-                        float(seconds), created)
+    try:
+        return BenchmarkRow(study, policy, defense, attack, checkpoint, int(images), int(iterations), int(seed),
+                            rename_legacy(json.loads(summary), LEGACY_SUMMARY_KEYS),
+                            tuple(rename_legacy(d, LEGACY_IMAGE_KEYS) for d in json.loads(per_image)),
+                            float(seconds), created)
+    except (ValueError, TypeError, AttributeError) as error:
+        raise _damaged(path, f"benchmark cell {str(policy)[:40]!r} × {str(defense)[:20]!r}", error) from None
 
 
-def _prepare(db: sqlite3.Connection, path: Path) -> None:
-    """Check that `db` is ours (or empty), switch to WAL, and bring the schema up to date."""
+def _prepare(db: sqlite3.Connection, path: Path) -> bool:
+    """Check that `db` is ours (or empty), switch to WAL, and bring the schema up to date.
+
+    Returns False for a read-only file, which is left at its schema (reads still work)."""
     try:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as error:
@@ -311,19 +438,37 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
         raise ValueError(f"{path} is an SQLite database but not an ats results database (tables: "
                          f"{', '.join(sorted(tables))}); give another --db")
     meta = dict(db.execute("SELECT key, value FROM meta"))
-    if meta.get("format") != FORMAT or not str(meta.get("schema", "")).isdigit():
+    if meta.get("format") != FORMAT or not re.fullmatch(r"[0-9]{1,6}", str(meta.get("schema", ""))):
         raise ValueError(f"{path} is an SQLite database but not an ats results database "
-                         f"(meta {meta!r}); give another --db")
+                         f"(meta {repr(meta)[:120]}: its schema must be a whole number); give another --db")
     version = int(meta["schema"])
     if version > SCHEMA_VERSION:
         raise ValueError(f"results database {path} has schema {version}, newer than this ats understands "
                          f"({SCHEMA_VERSION}); upgrade ats or give another --db")
-    db.execute("PRAGMA journal_mode = WAL")
-    if version < SCHEMA_VERSION:
-        with db:
-            db.execute("BEGIN IMMEDIATE")
-            version = int(db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0])
-            for step in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[step]:
-                    db.execute(statement)
-            db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(max(version, SCHEMA_VERSION)),))
+    missing = [_TABLES[v] for v in range(1, version + 1) if _TABLES[v] not in tables]
+    if missing:
+        raise ValueError(f"results database {path} says schema {version} but has no {', '.join(missing)} table; "
+                         f"it is damaged or not written by ats; give another --db")
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        if version < SCHEMA_VERSION:
+            _migrate(db)
+        if "claims" not in tables:
+            db.execute(_CLAIMS)
+    except sqlite3.OperationalError as error:
+        if "readonly" not in str(error):
+            raise
+        return False
+    return True
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring the schema up to `SCHEMA_VERSION` in one transaction (re-read inside it: another
+    process may have migrated meanwhile)."""
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        version = int(db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0])
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[step]:
+                db.execute(statement)
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(max(version, SCHEMA_VERSION)),))

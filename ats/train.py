@@ -209,10 +209,26 @@ class _Run:
 
 
 def _restore(run: _Run, path: Path) -> None:
-    """Load the state saved at `path` into `run`, or a ValueError if another run saved it."""
-    state = torch.load(path, weights_only=True, map_location="cpu")
-    if state.get("format") != STATE_FORMAT or state.get("identity") != run.identity:
-        raise ValueError(f"{path} belongs to a different training run; remove it or train without --resume")
+    """Load the state saved at `path` into `run`; a one-line ValueError naming the file if it is
+    damaged, hostile or from another run (delete it, or train without --resume, to start over)."""
+    start_over = "delete it, or train without --resume, to start over"
+    try:
+        state = checkpoints.load_tensors(path, "training state", "cpu")
+    except ValueError as error:
+        raise ValueError(f"{error}; {start_over}") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"training state {path} is not an ats training state; {start_over}")
+    if state.get("identity") != run.identity:
+        raise ValueError(f"{path} belongs to a different training run; {start_over}")
+    try:
+        _load_state(run, state)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
+        detail = " ".join(str(error).split())[:120] or type(error).__name__
+        raise ValueError(f"training state {path} is damaged ({detail}); {start_over}") from None
+
+
+def _load_state(run: _Run, state: dict) -> None:
+    """Put `state` (as `_Run.state` wrote it) into `run`."""
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -220,7 +236,10 @@ def _restore(run: _Run, path: Path) -> None:
     run.augment_generator.set_state(state["augment_generator"].cpu())
     if "defense_generator" in state:  # states saved before defenses lack it (and trained without one)
         run.defense_generator.set_state(state["defense_generator"].cpu())
-    run.epoch, run.seconds = int(state["epoch"]), float(state["seconds"])
+    epoch = int(state["epoch"])
+    if not 0 <= epoch <= run.scheduler.last_epoch:
+        raise ValueError(f"epoch {epoch} does not match its scheduler")
+    run.epoch, run.seconds = epoch, float(state["seconds"])
     run.epoch_losses = [float(v) for v in state["epoch_losses"]]
     run.accuracies = [(int(e), float(a)) for e, a in state["accuracies"]]
 

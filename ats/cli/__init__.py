@@ -1,15 +1,20 @@
 """The `ats` command: the long jobs, scriptable. `ats <verb> --help` documents every flag.
 
 Every verb takes `--seed`, `--device` and `--json` (one JSON document on stdout; progress and
-logs on stderr). Exit status: 0 on success, 2 on bad input with a one-line message. Each verb is
-a module of this package with `add_parser(subparsers)` and `run(args) -> int`.
+logs on stderr). Exit status: 0 on success, 2 on bad input with a one-line message (argparse's
+own errors included) and nothing on stdout. Each verb is a module of this package with
+`add_parser(subparsers)` and `run(args) -> int`; the maxima it checks are in `ats.limits`.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import math
+import os
 import pkgutil
 import sys
+from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 ORDER = ("attack", "score", "search", "train", "benchmark")
@@ -19,6 +24,13 @@ def verbs() -> list[str]:
     """The verbs: every module of this package, in the order of `ORDER` first."""
     names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
     return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +45,39 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def check_folder(path: Path, flag: str = "--out") -> Path:
+    """`path`, when it is a folder or can be made one; else a ValueError naming `flag`, before any work."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(f"{flag} {path}: {folder} exists and is not a folder; give a folder")
+            if not os.access(folder, os.W_OK):
+                raise ValueError(f"{flag} {path}: folder {folder} is not writable")
+            break
+    return path
+
+
+def check_common(args: argparse.Namespace) -> None:
+    """The flags every verb takes, checked: --seed in its stated range."""
+    from ats.limits import MAX_SEED, check_range
+
+    check_range("--seed", args.seed, 0, MAX_SEED)
+
+
+def dumps(document) -> str:
+    """`document` as strict JSON, NaN and infinities written as null (bare NaN is not JSON)."""
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(document), allow_nan=False)
+
+
 def progress(total: int, *, unit: str = "it", disable: bool = False):
     """A tqdm progress bar with ETA on stderr."""
     from tqdm import tqdm
@@ -41,7 +86,7 @@ def progress(total: int, *, unit: str = "it", disable: bool = False):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ats", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="ats", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in verbs():
         importlib.import_module(f"ats.cli.{verb}").add_parser(sub)
@@ -52,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run = importlib.import_module(f"ats.cli.{args.verb}").run
     try:
+        check_common(args)
         return run(args)
     except (ValueError, FileNotFoundError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -7,7 +7,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ats.cli import add_common, log, progress
+from ats.cli import add_common, check_folder, dumps, log, progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,13 +39,14 @@ def _load_images(args, num_classes_hint: int):
     from ats import data
     from ats.images import load_image
     from ats.indices import parse_indices
+    from ats.limits import MAX_ATTACK_IMAGES
 
     if args.image is not None:
         x = load_image(args.image)[None]
         classes = data.CIFAR100_CLASSES if args.data == "cifar100" else None
         label = 0
         if args.label is not None:
-            if args.label.isdigit():
+            if args.label.isascii() and args.label.isdigit() and len(args.label) <= 6:
                 label = int(args.label)
             elif classes and args.label in classes:
                 label = classes.index(args.label)
@@ -57,9 +58,33 @@ def _load_images(args, num_classes_hint: int):
 
         return x, torch.tensor([label]), [0], classes
     images = data.load_samples() if args.data == "samples" else data.load_dataset(args.data, "test")
-    indices = parse_indices(args.indices)
+    indices = parse_indices(args.indices, limit=min(MAX_ATTACK_IMAGES, len(images)))
     x, y = images.batch(indices)
     return x, y, list(indices), images.classes
+
+
+def attack_config(args):
+    """The preset's AttackConfig with --iterations and --restarts, each checked against `ats.limits`."""
+    from ats import attacks
+    from ats.limits import MAX_ITERATIONS, MAX_RESTARTS, check_range
+
+    config = attacks.AttackConfig.preset(args.attack)
+    if args.iterations is not None:
+        check_range("--iterations", args.iterations, 1, MAX_ITERATIONS)
+        config = replace(config, iterations=args.iterations)
+    if args.restarts is not None:
+        check_range("--restarts", args.restarts, 1, MAX_RESTARTS)
+        config = replace(config, restarts=args.restarts)
+    return config
+
+
+def check_attack_memory(model, name: str, images: int, config, joint: bool, device) -> None:
+    """Refuse, before anything is allocated, an attack that would not fit in `device`'s free memory."""
+    from ats.limits import attack_bytes, check_memory
+
+    check_memory(attack_bytes(model, images, config.restarts, joint=joint), device,
+                 f"attacking {images} image(s) × {config.restarts} restart(s) of {name}",
+                 "lower --restarts or --indices, or take a smaller --model")
 
 
 def run(args) -> int:
@@ -74,17 +99,16 @@ def run(args) -> int:
     device = pick_device(args.device)
     policy = parse_policy(args.policy)
     defense = parse_defense(args.defense)
-    config = attacks.AttackConfig.preset(args.attack)
-    if args.iterations is not None:
-        config = replace(config, iterations=args.iterations)
-    if args.restarts is not None:
-        config = replace(config, restarts=args.restarts)
+    config = attack_config(args)
+    out = check_folder(args.out or Path("runs") / time.strftime("attack-%Y%m%d-%H%M%S"))
     model, num_classes = checkpoints.model_for_data(args.model, args.data, checkpoint=args.checkpoint, device=device,
                                                seed=args.seed)
     model.eval()
     x, y, indices, _ = _load_images(args, num_classes)
     if int(y.max()) >= num_classes:
         raise ValueError(f"label {int(y.max())} does not fit a model with {num_classes} classes")
+    check_attack_memory(model, args.model if args.checkpoint is None else str(args.checkpoint), len(indices), config,
+                        args.joint, device)
     x, y = x.to(device), y.to(device)
     generator = make_generator(args.seed, device)
     crop_flip = policy != Policy.none()  # as before: crop and flip come with a policy, not without
@@ -104,7 +128,6 @@ def run(args) -> int:
     bar.close()
     seconds = time.perf_counter() - started
     results = evaluate_reconstruction(final, private, x, indices)
-    out = args.out or Path("runs") / time.strftime("attack-%Y%m%d-%H%M%S")
     document = {
         "device": str(device),
         "seconds": round(seconds, 3),
@@ -121,7 +144,7 @@ def run(args) -> int:
     save_grid(out / "grid.png", [x.cpu(), private.transformed.cpu(), final.images])
     (out / "results.json").write_text(json.dumps(document, indent=2))
     if args.json:
-        print(json.dumps(document))
+        print(dumps(document))
     else:
         _print_table(results, document)
     return 0

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ats.cli import add_common, log, progress
+from ats.cli import add_common, check_folder, dumps, log, progress
 from ats.indices import ATTACK_SET
 
 
@@ -58,13 +59,20 @@ def benchmark_config(args):
     """The preset's BenchmarkConfig with the command's overrides; bad values fail here, before any work."""
     from ats import attacks, selection
     from ats.benchmark import BenchmarkConfig
+    from ats.limits import MAX_CANDIDATES, MAX_ITERATIONS, check_range
     from ats.store import Store
 
+    check_folder(args.out)
+    if args.report is not None:
+        check_folder(args.report.parent, "--report")
     config = BenchmarkConfig.preset(args.preset)
     base = attacks.AttackConfig.preset(args.attack) if args.attack else config.attack
+    if args.iterations is not None:
+        check_range("--iterations", args.iterations, 1, MAX_ITERATIONS)
+    for name in ("random", "correlation"):
+        if getattr(args, name) is not None:
+            check_range(f"--{name}", getattr(args, name), 0, MAX_CANDIDATES)
     attack = replace(base, iterations=args.iterations or config.attack.iterations)
-    if args.iterations is not None and args.iterations < 1:
-        raise ValueError(f"--iterations {args.iterations} must be at least 1")
     changes = {"attack": attack}
     policies = _split(args.policies)
     if args.from_search is not None:
@@ -89,10 +97,10 @@ def benchmark_config(args):
     if args.train_defense is not None:
         changes["train_defense"] = args.train_defense
     if args.stages is not None:
-        try:
-            changes["stages"] = tuple(int(s) for s in _split(args.stages))
-        except ValueError:
-            raise ValueError(f"--stages {args.stages!r} must be comma-separated whole epochs, e.g. 0,1") from None
+        stages = _split(args.stages)
+        if not all(re.fullmatch(r"[0-9]{1,6}", stage) for stage in stages):
+            raise ValueError(f"--stages {args.stages!r} must be comma-separated whole epochs, e.g. 0,1")
+        changes["stages"] = tuple(int(stage) for stage in stages)
     return replace(config, **changes)
 
 
@@ -142,7 +150,7 @@ def run(args) -> int:
                 "cells": len(result.rows), "computed": result.computed, "seconds": round(result.seconds, 1),
                 "correlation": result.correlation, "checkpoints": result.checkpoints, "rows": result.table()}
     if args.json:
-        print(json.dumps(_finite(document)))
+        print(dumps(document))
     else:
         print(report.markdown_table(result))
         if config.aware:
@@ -170,13 +178,3 @@ def record_invocation(path: Path, result) -> dict:
     return {"invocations": len(runs), "seconds": sum(r["seconds"] for r in runs),
             "peak_mib": max(r["peak_mib"] for r in runs)}
 
-
-def _finite(value):
-    """NaN -> None, recursively, so that --json prints valid JSON."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value

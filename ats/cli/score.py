@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import time
 from pathlib import Path
 
-from ats.cli import add_common, log, progress
+from ats.cli import add_common, dumps, log, progress
 from ats.runtime import PRESETS
 
 
@@ -66,13 +66,15 @@ def run(args) -> int:
     for policy in policies:
         started = time.perf_counter()
         privacy, accuracy = setup.score(policy)
-        results.append({"policy": str(policy), "privacy": float(privacy.value), "accuracy": float(accuracy.value),
-                        "accuracy_normalized": float(accuracy.normalized), "passes": accuracy.passes,
+        values = {"privacy": float(privacy.value), "accuracy": float(accuracy.value),
+                  "accuracy_normalized": float(accuracy.normalized)}
+        passes = bool(accuracy.passes) and all(math.isfinite(v) for v in values.values())  # NaN never passes
+        results.append({"policy": str(policy), **values, "passes": passes,
                         "seconds": round(time.perf_counter() - started, 3)})
         bar.update(1)
     bar.close()
     if args.json:
-        print(json.dumps(results))
+        print(dumps(results))
         return 0
     print(f"{'policy':<16} {'S_pri':>7} {'S_acc':>9} {'S_acc/img':>9}  threshold {scores.ACCURACY_THRESHOLD:g}")
     for r in results:

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
-from ats.cli import add_common, log, progress
+from ats.cli import add_common, dumps, log, progress
 from ats.cli.score import add_scoring_flags, load_scoring, score_config
 
 
@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _policies(args) -> list:
     from ats import search
 
-    if args.policies:
+    if args.policies is not None:  # an empty --policies "" is refused, never the default search
         return list(search.parse_policies(args.policies))
     if args.singles:
         return list(search.single_ops())
@@ -108,23 +108,27 @@ def _search(args, threshold: float) -> dict:
     selection = select(result.rows, threshold=threshold, top=args.top, alpha=args.alpha)
     return {"db": str(args.db), "preset": setup.config.name, "checkpoint": setup.checkpoint_hash,
             "seed": args.seed, "rows": len(result.rows), "requested": len(policies),
-            "scored": result.scored, "skipped": result.skipped, "dropped": result.dropped,
-            "image_scores": result.image_scores, "seconds": round(result.seconds, 3),
+            "scored": result.scored, "skipped": result.skipped, "by_others": result.by_others,
+            "dropped": result.dropped, "image_scores": result.image_scores, "seconds": round(result.seconds, 3),
             "selection": selection.to_dict()}
 
 
 def run(args) -> int:
     from ats import scores
+    from ats.limits import MAX_CANDIDATES, check_range
 
     threshold = scores.ACCURACY_THRESHOLD if args.threshold is None else args.threshold
-    if args.top < 1:
-        raise ValueError(f"--top {args.top} must be at least 1")
+    if args.candidates > MAX_CANDIDATES:  # below 1, `search.candidates` says what n may be
+        check_range("--candidates", args.candidates, 1, MAX_CANDIDATES)
+    check_range("--top", args.top, 1, MAX_CANDIDATES)
+    if not math.isfinite(threshold):
+        raise ValueError(f"--threshold must be a finite number, got {threshold}")
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha {args.alpha} must lie in [0, 1]")
     config = score_config(args)
     document = _show(args, config, threshold) if args.show else _search(args, threshold)
     if args.json:
-        print(json.dumps(document))
+        print(dumps(document))
     else:
         _print_summary(document)
     return 0

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ats.cli import add_common, log, progress
+from ats.cli import add_common, dumps, check_folder, log, progress
 
 RECIPES = ("paper", "laptop", "tiny", "tiny-paper", "smoke")
 
@@ -32,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args) -> int:
     from ats import data, models, train
+    from ats.limits import MAX_EPOCHS, check_model, check_range
     from ats.policy import Policy, parse_policy
     from ats.recipes import TrainRecipe
     from ats.runtime import describe_device, pick_device
@@ -40,10 +40,15 @@ def run(args) -> int:
     if args.model is not None:
         recipe = replace(recipe, arch=args.model)
     if args.epochs is not None:
+        if args.epochs > MAX_EPOCHS:  # below 1, the recipe says what epochs may be
+            check_range("--epochs", args.epochs, 1, MAX_EPOCHS)
         recipe = replace(recipe, epochs=args.epochs)
     policy = parse_policy(args.policy)
     if args.data not in models.NUM_CLASSES:
         raise ValueError(f"--data {args.data!r} is not one of {', '.join(models.NUM_CLASSES)}")
+    check_model(recipe.arch, models.NUM_CLASSES[args.data], args.data)
+    if args.out is not None:
+        _check_out(args.out)
     device = pick_device(args.device)
     with contextlib.redirect_stdout(sys.stderr):  # whatever a download prints, stdout stays --json's
         train_set = data.load_dataset(args.data, "train", download=args.download)
@@ -67,11 +72,18 @@ def run(args) -> int:
         "device": result.device,
     }
     if args.json:
-        print(json.dumps(document))
+        print(dumps(document))
     else:
         print(f"{result.checkpoint}: {recipe.arch} after {result.epochs} epochs, test accuracy "
               f"{result.accuracy:.2%}, {result.seconds:.0f} s on {result.device}")
     return 0
+
+
+def _check_out(out: Path) -> None:
+    """Refuse, before training, an --out the checkpoint could not be written to."""
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the checkpoint's file name, e.g. {out / 'model.pt'}")
+    check_folder(out.parent, "--out")
 
 
 class _Progress:
