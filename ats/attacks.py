@@ -96,6 +96,18 @@ class AttackConfig:
         if self.aware and self.labels == "joint":
             raise ValueError("the policy-aware attacker needs known or inferred labels, not joint ones")
 
+    @property
+    def screened(self) -> bool:
+        """Whether `screen` takes effect: several restarts, screened before the last iteration."""
+        return self.restarts > 1 and 0 < self.screen < self.iterations
+
+    @property
+    def restart_iterations(self) -> int:
+        """Restart-iterations one target costs: R·T, or R·s + T − s when screened."""
+        if self.screened:
+            return self.restarts * self.screen + self.iterations - self.screen
+        return self.restarts * self.iterations
+
     @classmethod
     def ig(cls) -> AttackConfig:
         """Inverting Gradients as ATS evaluated it ("Adam+Cosine", the paper's default)."""
@@ -218,8 +230,7 @@ def iter_reconstruct(model: nn.Module, update: SharedUpdate, config: AttackConfi
     attacks ignore them. A per-example update is attacked image by image (independently, batched);
     an aggregated one jointly (`joint` defaults to that choice). `init` fixes the starting points,
     (B·R, 3, H, W) in normalized space, target-major. With `config.screen`, every restart runs
-    that many iterations, then only each target's cheapest goes on: R restarts for about
-    (R·screen + iterations − screen) / iterations times one restart's cost.
+    that many iterations, then only each target's cheapest goes on (`config.restart_iterations`).
     """
     config = config or AttackConfig.ig()
     started = time.perf_counter()
@@ -235,7 +246,7 @@ def iter_reconstruct(model: nn.Module, update: SharedUpdate, config: AttackConfi
         before = z.detach().clone()  # the costs `step` returns are those of this state
         best.track(before, stepper.step(iteration))
         final = iteration == config.iterations or best.all_failed
-        if iteration == config.screen and problem.restarts > 1 and not final:
+        if config.screened and iteration == config.screen and not final:
             problem, best, z = _screen(problem, best, stepper)
         if iteration % every == 0 or final:
             if final:

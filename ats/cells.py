@@ -114,7 +114,7 @@ def attack_label(attack: attacks.AttackConfig) -> str:
     """The attack's name in a store key: restarts (and their screening) are part of what was run."""
     if attack.restarts == 1:
         return attack.name
-    screened = f"-s{attack.screen}" if 0 < attack.screen < attack.iterations else ""
+    screened = f"-s{attack.screen}" if attack.screened else ""
     return f"{attack.name}-r{attack.restarts}{screened}"
 
 

@@ -88,9 +88,9 @@ def _setup(result: BenchmarkResult) -> list[str]:
     first, last = ATTACK_SET[0], ATTACK_SET[c.images - 1]
     regimes = "; ".join(f"{a} at {s} epochs attacked by {k} × {i}" for a, k, i, s in c.regimes) or "none"
     aware = cells.aware_attack(c.attack, c.aware_restarts, c.aware_screen)
-    if 0 < aware.screen < aware.iterations:
+    if aware.screened:
         cost = (f"each for {aware.screen} iterations, then only each image's cheapest (by its gradient-matching "
-                f"cost) on to {aware.iterations}: about {(aware.restarts * aware.screen + aware.iterations - aware.screen) / aware.iterations:.1f}× "
+                f"cost) on to {aware.iterations}: about {aware.restart_iterations / aware.iterations:.1f}× "
                 "the plain attack's cost")
     else:
         cost = f"each to the end, {aware.restarts}× the plain attack's cost"
