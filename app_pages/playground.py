@@ -1,29 +1,53 @@
-"""Attack playground: pick an image, a model, a policy and an attack; watch the reconstruction sharpen."""
+"""Attack playground: up to four what-if settings on one image, attacked side by side, live.
+
+A setting is a policy, a gradient defense and an attack. Run attacks them all, batched where the
+engine can (`ats.compare` does the work; this page picks parameters and shows results): each
+column shows x, T(x) and the reconstruction, its scores beside the image's trivial baselines, and
+S_pri/S_acc of its policy; then a strip to scrub the snapshots, downloads, and the Python and
+command-line calls that give the same numbers. One run at a time: Run pressed again while a run
+goes is ignored with a message, and a run cut short (another page, another image, Stop) is kept
+in the history, marked stopped.
+"""
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+import tempfile
+import time
+from pathlib import Path
 
-import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from ats import attacks, checkpoints, data, metrics, models, viz
-from ats.evaluation import evaluate_reconstruction
-from ats.federated import DEFENSES, client_update, parse_defense
+from ats import checkpoints, compare, data, models, scores, viz
+from ats.attacks import PRESETS
+from ats.baselines import baseline_scores
+from ats.federated import DEFENSES
 from ats.images import load_image
+from ats.policy import parse_policy
 from ats.pool import POOL
-from ats.policy import Policy, parse_policy, transform
-from ats.runtime import make_generator, pick_device
+from ats.runtime import describe_device, make_generator, pick_device
+from ats.scoring import ScoringSetup
 
 ARCHS = {"lenet": "LeNet (DLG's)", "resnet20": "ResNet20", "resnet20-4": "ResNet20-4", "convnet": "ConvNet"}
 SOURCES = {"cifar100": "CIFAR-100 attack set", "samples": "Sample photos", "upload": "Upload an image"}
-GALLERY = 12  # attack-set images shown as thumbnails
-HISTORY = 6  # runs kept for comparison
+DEFAULTS = (("none", "none", "idlg"), ("3-1-7", "none", "idlg"), ("3-1-7+43-18-18", "none", "idlg"),
+            ("3-1-7", "none", "aware"))  # no defense, the paper's policy, its hybrid, the policy-aware attacker
+NAMES = "ABCD"
+GALLERY, HISTORY, FRAMES = 12, 6, 60  # thumbnails, runs kept, snapshots kept per setting for scrubbing
+MAX_ITERATIONS = 10_000
+SLOW = 60.0  # seconds: above this on a CPU, say so before Run
+MARGIN = 1.0  # dB over the mean-colour baseline before a reading says "recovers"
+KEPT = "playground_kept"  # widget values kept across pages (Streamlit drops those of unseen widgets)
+PIXELATED = "<style>[data-testid='stImage'] img {image-rendering: pixelated;}</style>"
 
 
-@st.cache_resource
+# --- caches ------------------------------------------------------------------------------------
+
+@st.cache_resource(max_entries=8)
 def untrained_model(arch: str, seed: int) -> torch.nn.Module:
+    """Seeded as `ats attack --model ARCH --seed SEED` builds it."""
     return models.build_model(arch, 100, seed=seed).to(pick_device()).eval()
 
 
@@ -34,9 +58,17 @@ def shipped_model(path: str, expect_arch: str) -> torch.nn.Module:
     return model.eval()
 
 
-@st.cache_resource
-def uploaded_model(content: bytes, expect_arch: str) -> torch.nn.Module:
-    model, _ = checkpoints.load_checkpoint_bytes(content, device=pick_device(), expect_arch=expect_arch, num_classes=100)
+@st.cache_resource(max_entries=2)  # uploads are kept in memory: two at most
+def uploaded_model(content: bytes, name: str, expect_arch: str) -> torch.nn.Module:
+    """An uploaded checkpoint; its errors name the upload, not a temporary file."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "upload.pt"
+        path.write_bytes(content)
+        try:
+            model, meta = checkpoints.load_checkpoint(path, device=pick_device(), expect_arch=expect_arch)
+            checkpoints.check_classes(meta, 100)
+        except ValueError as error:
+            raise ValueError(str(error).replace(str(path), f"'{name}'")) from None
     return model.eval()
 
 
@@ -54,204 +86,606 @@ def cifar_available() -> bool:
     return True
 
 
-@st.cache_data
+@st.cache_data(max_entries=4)
 def uploaded_image(content: bytes) -> torch.Tensor:
     return load_image(content)  # (3, 32, 32)
 
 
 @st.cache_data
-def op_gallery(image: np.ndarray) -> list:
+def op_gallery(image) -> list:
     return viz.to_display(viz.op_gallery(torch.from_numpy(image)), scale=2)
 
 
-def choose_image() -> tuple[torch.Tensor, int, str] | None:
-    """The private image (3, 32, 32), its label and a name, from the gallery or an upload."""
-    source = st.radio("Image", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="source",
-                      index=0 if cifar_available() else 1)  # no CIFAR-100 copy: start on the sample photos
+@st.cache_data(show_spinner="Timing the first iterations on this device…", max_entries=32)
+def timing(key: tuple, _model, _x, _y, _settings, _iterations) -> compare.Estimate:
+    """`compare.estimate`, cached by what its time depends on (`key`), not by the image or the policies."""
+    return compare.estimate(_model, _x, _y, _settings, iterations=_iterations)
+
+
+@st.cache_resource
+def scoring_setup() -> ScoringSetup:
+    """The scores page's setting: the smoke preset on the shipped tiny-data model (or an untrained one)."""
+    checkpoint = scores.default_score_checkpoint()
+    found = checkpoint.is_file()
+    return ScoringSetup.load("smoke", checkpoint=checkpoint if found else None, untrained=not found, seed=0)
+
+
+@st.cache_data(show_spinner="Scoring the policies (S_pri, S_acc)…", max_entries=64)
+def policy_scores(policy: str) -> dict:
+    privacy, accuracy = scoring_setup().score(policy, seed=0)
+    return {"S_pri": privacy.value, "S_acc": accuracy.value}
+
+
+# --- widgets whose values outlive a visit to another page -----------------------------------------
+
+def kept(widget, label: str, key: str, default, **options):
+    """`widget(label, key=key, **options)`, starting from the value it had when last seen."""
+    store = st.session_state.setdefault(KEPT, {})
+    if key not in st.session_state:
+        value, allowed = store.get(key, default), options.get("options")
+        fits = allowed is None or all(v in list(allowed) for v in (value if isinstance(value, list) else [value]))
+        st.session_state[key] = value if fits else default
+    value = widget(label, key=key, **options)
+    store[key] = value
+    return value
+
+
+# --- choosing -------------------------------------------------------------------------------------
+
+def choose_image() -> tuple[torch.Tensor, int, str, dict] | None:
+    """The private image (3, 32, 32), its label, a name, and where it came from (for the reproduce calls)."""
+    have_cifar = cifar_available()
+    sources = [s for s in SOURCES if s != "cifar100" or have_cifar]
+    source = kept(st.radio, "Image", "source", sources[0], options=sources, format_func=SOURCES.get,
+                  horizontal=True)
+    if not have_cifar:
+        st.caption("The **CIFAR-100 attack set** is not on this machine: point `ATS_DATA_DIR` at a folder holding "
+                   "`cifar100_test.npz` (see the README) and restart the app to attack it. The sample photos and "
+                   "uploads need nothing.")
     if source == "upload":
-        file = st.file_uploader("An image (PNG, JPEG, …); it is centre-cropped and resized to 32×32",
-                                type=None, key="image_upload")
-        label = st.selectbox("Its label (a CIFAR-100 class)", range(100), format_func=lambda i: data.CIFAR100_CLASSES[i])
+        file = st.file_uploader("An image (PNG, JPEG, …); it is centre-cropped and resized to 32×32", type=None,
+                                key="image_upload")
+        label = kept(st.selectbox, "Its label (a CIFAR-100 class)", "upload_label", 0, options=range(100),
+                     format_func=lambda i: data.CIFAR100_CLASSES[i])
         if file is None:
             st.info("Upload an image to attack it.")
             return None
         try:
-            return uploaded_image(file.getvalue()), int(label), file.name
+            return uploaded_image(file.getvalue()), int(label), file.name, {"kind": "upload", "file": file.name}
         except ValueError as error:
-            st.error(f"That upload cannot be used: {error}")
+            st.error(f"{file.name} cannot be used: {error}")
             return None
-    try:
-        images = image_set(source)
-    except ValueError as error:  # no CIFAR-100 copy found
-        st.error(f"{error}. The sample photos work without it.")
-        return None
+    images = image_set(source)
     count = min(GALLERY, len(images))
     names = [f"#{i} {images.classes[int(images.labels[i])]}" for i in range(count)]
-    columns = st.columns(count)
-    for i, column in enumerate(columns):
-        column.image(viz.to_display(images.images[i:i + 1].float() / 255)[0], caption=names[i],
-                     width="stretch")
-    index = st.selectbox("Attack image", range(count), format_func=names.__getitem__, key=f"index_{source}")
+    for i, column in enumerate(st.columns(count)):
+        column.image(viz.to_display(images.images[i:i + 1].float() / 255)[0], caption=names[i], width="stretch")
+    index = kept(st.selectbox, "Attack image", f"index_{source}", 0, options=range(count),
+                 format_func=names.__getitem__)
     x, y = images.batch([index])
-    return x[0], int(y[0]), names[index]
+    return x[0], int(y[0]), names[index], {"kind": source, "index": int(index)}
 
 
-def choose_policy(image: torch.Tensor) -> str:
-    """A policy string from up to three picked ops, or typed (hybrids too)."""
+def use_ops() -> None:
+    """The op builder's button: its ops become the chosen setting's policy."""
+    ops = st.session_state.get("policy_ops") or []
+    st.session_state[f"policy_{st.session_state['ops_target']}"] = "-".join(str(i) for i in ops) or "none"
+
+
+def op_builder(count: int) -> None:
+    with st.expander("Build a policy from the 50 ops"):
+        left, middle, right = st.columns([3, 1, 1])
+        kept(left.multiselect, "Ops, applied in order", "policy_ops", [], options=range(len(POOL)),
+             max_selections=3, format_func=viz.op_label)
+        middle.selectbox("For setting", range(count), format_func=NAMES.__getitem__, key="ops_target")
+        right.button("Use these ops", on_click=use_ops)
+        st.caption("The gallery below the settings shows what each op does to this image.")
+
+
+def choose_settings(x: torch.Tensor, seed: int, device: torch.device) -> tuple[list[compare.Setting], list[str]]:
+    """Up to four settings, each with a preview of its T(x) (the very one the run uses); their errors."""
     sent = st.session_state.pop("send_policy", None)  # from the search explorer
     if sent is not None:
-        st.session_state["policy_mode"], st.session_state["policy_text"] = "type", sent
-    mode = st.radio("Policy", ["pick", "type"], horizontal=True, key="policy_mode",
-                    format_func={"pick": "Pick up to three ops", "type": "Type a policy (hybrids too)"}.get)
-    if mode == "pick":
-        ops = st.multiselect("Ops, applied in order", range(len(POOL)), max_selections=3,
-                             format_func=viz.op_label, key="policy_ops")
-        text = "-".join(str(i) for i in ops) or "none"
-    else:
-        text = st.text_input("Policy, e.g. 3-1-7 or 3-1-7+43-18-18 (none for no policy)", value="3-1-7",
-                             key="policy_text")
-    with st.expander("What the 50 ops do to this image"):
-        thumbnails = op_gallery(image.numpy())
-        for row in range(0, len(thumbnails), 10):
-            for i, column in enumerate(st.columns(10), start=row):
-                column.image(thumbnails[i], caption=viz.op_label(i), width="stretch")
-    return text
-
-
-@st.fragment
-def attack_panel(x: torch.Tensor, y: int, name: str, policy_text: str) -> None:
-    """The parameter form, the live run and the run history (reruns alone when the form is sent)."""
-    device = pick_device()
-    with st.form("attack"):
-        left, right = st.columns(2)
-        arch = left.selectbox("Model", list(ARCHS), format_func=ARCHS.get)
-        shipped = {p.name: str(p) for p in checkpoints.shipped_checkpoints()}
-        weights = left.selectbox("Weights", ["untrained", *shipped, "upload"],
-                                 format_func=lambda w: {"untrained": "untrained (seed 0)",
-                                                        "upload": "an uploaded checkpoint"}.get(w, w))
-        checkpoint = left.file_uploader("Checkpoint (.pt from ats train), when weights = uploaded", type=None)
-        defense_text = left.selectbox("Gradient defense", DEFENSES)
-        # iDLG on the untrained LeNet is the vivid default: the image comes back within seconds on a CPU.
-        preset = right.selectbox("Attack", list(attacks.PRESETS), index=list(attacks.PRESETS).index("idlg"),
-                                 help="idlg/dlg: L-BFGS, one iteration = up to 20 gradient evaluations; "
-                                      "ig: Inverting Gradients (the paper's attack), needs thousands of iterations")
-        iterations = right.slider("Iterations", 10, 2000, 60, step=10)
-        every = right.slider("Show a frame every … iterations", 1, 100, 2)
-        seed = right.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0)
-        submitted = st.form_submit_button("Run attack", type="primary")
-    if submitted:
+        st.session_state["policy_0"] = st.session_state.setdefault(KEPT, {})["policy_0"] = sent
+    count = kept(st.radio, "Settings to compare", "count", 3, options=[1, 2, 3, 4], horizontal=True,
+                 help="Each setting is attacked on the same image and model; settings that share an attack run "
+                      "as one batched call.")
+    settings, errors = [], []
+    for i, column in enumerate(st.columns(4)[:count]):
+        policy, defense, attack = DEFAULTS[i]
+        column.markdown(f"**Setting {NAMES[i]}**")
+        policy = kept(column.text_input, "Policy (3-1-7, a hybrid 3-1-7+43-18-18, or none)", f"policy_{i}", policy)
+        defense = kept(column.selectbox, "Gradient defense", f"defense_{i}", defense, options=DEFENSES)
+        attack = kept(column.selectbox, "Attack", f"attack_{i}", attack, options=list(PRESETS),
+                      help="idlg/dlg: L-BFGS, an iteration is up to 20 gradient evaluations; ig: Inverting "
+                           "Gradients, the paper's attack (thousands of iterations); aware: IG told the policy, "
+                           "8 restarts over its flips and shift signs")
         try:
-            run_attack(x, y, name, policy_text, arch, weights, shipped, checkpoint, defense_text, preset,
-                       int(iterations), int(every), int(seed), device)
+            setting = compare.Setting(policy, defense, attack)
         except ValueError as error:
-            st.error(str(error))
-    show_history()
+            column.error(f"Setting {NAMES[i]}: {error}")
+            errors.append(NAMES[i])
+            continue
+        settings.append(setting)
+        column.image(viz.to_display(compare_preview(x, setting.policy, seed, device), scale=3)[0], width=96)
+        column.caption(f"T(x) with seed {seed}: {describe(setting.policy)}")
+    op_builder(count)
+    return settings, errors
 
 
-def load_model(arch: str, weights: str, shipped: dict, checkpoint) -> torch.nn.Module:
+def compare_preview(x: torch.Tensor, policy: str, seed: int, device: torch.device) -> torch.Tensor:
+    """T(x) as the client makes it with this seed on `device`: a crop and flip, then the policy."""
+    if policy == "none":
+        return x[None]
+    return parse_policy(policy).transform(x[None].to(device), make_generator(seed, device), crop_flip=True)
+
+
+def describe(policy: str) -> str:
+    return "the image itself" if policy == "none" else parse_policy(policy).describe()
+
+
+def choose_model() -> dict:
+    """Model, weights, iterations, frames and seed, shared by every setting."""
+    left, middle, right = st.columns(3)
+    shipped = {p.name: str(p) for p in checkpoints.shipped_checkpoints()}
+    arch = kept(left.selectbox, "Model", "arch", "lenet", options=list(ARCHS), format_func=ARCHS.get)
+    weights = kept(left.selectbox, "Weights", "weights", "untrained", options=["untrained", *shipped, "upload"],
+                   format_func=lambda w: {"untrained": "untrained (seeded with the run's seed)",
+                                          "upload": "an uploaded checkpoint"}.get(w, w))
+    checkpoint = None
+    if weights == "upload":
+        checkpoint = left.file_uploader("Checkpoint (.pt from ats train)", type=None, key="checkpoint")
+    iterations = kept(middle.number_input, "Iterations", "iterations", 60, min_value=1, max_value=MAX_ITERATIONS,
+                      step=10, help="The presets' own: idlg and dlg 300, ig and aware 4,800 (the paper's). "
+                                    "iDLG on LeNet shows the image within about 50.")
+    every = kept(middle.slider, "Show a frame every … iterations", "every", 2, min_value=1, max_value=100)
+    seed = kept(right.number_input, "Seed", "seed", 0, min_value=0, max_value=2**31 - 1,
+                help="Seeds the client's transform and noise, the attack's start and the untrained model.")
+    with_scores = kept(right.toggle, "S_pri and S_acc beside the run", "with_scores", True,
+                       help="Each policy's privacy and accuracy scores (smoke preset, about 2 s a policy, cached).")
+    return {"arch": arch, "weights": weights, "shipped": shipped, "checkpoint": checkpoint,
+            "iterations": int(iterations), "every": int(every), "seed": int(seed), "with_scores": with_scores}
+
+
+def load_model(options: dict) -> torch.nn.Module:
+    arch, weights, checkpoint = options["arch"], options["weights"], options["checkpoint"]
     if weights == "untrained":
-        return untrained_model(arch, 0)
+        return untrained_model(arch, options["seed"])
     if weights == "upload":
         if checkpoint is None:
-            raise ValueError("weights = uploaded checkpoint, but no checkpoint was uploaded")
-        return uploaded_model(checkpoint.getvalue(), arch)
-    return shipped_model(shipped[weights], arch)
+            raise ValueError("weights = an uploaded checkpoint, but no checkpoint was uploaded")
+        return uploaded_model(checkpoint.getvalue(), checkpoint.name, arch)
+    return shipped_model(options["shipped"][weights], arch)
 
 
-def run_attack(x: torch.Tensor, y: int, name: str, policy_text: str, arch: str, weights: str, shipped: dict,
-               checkpoint, defense_text: str, preset: str, iterations: int, every: int, seed: int,
-               device: torch.device) -> None:
-    policy = parse_policy(policy_text)
-    defense = parse_defense(defense_text)
-    config = replace(attacks.AttackConfig.preset(preset), iterations=iterations)
-    model = load_model(arch, weights, shipped, checkpoint)
-    x, y = x[None].to(device), torch.tensor([y], device=device)  # (1, 3, 32, 32), (1,)
-    generator = make_generator(seed, device)
-    shared, private = client_update(model, x, y, policy, defense, crop_flip=policy != Policy.none(),
-                                    generator=generator, per_example=True)
-    original, transformed = x.cpu(), private.transformed.cpu()
-    cols = st.columns([1, 1, 1, 3])
-    cols[0].image(viz.to_display(original)[0], caption="private image x", width="stretch")
-    cols[1].image(viz.to_display(transformed)[0], caption=f"T(x), what the client trains on ({policy})",
-                  width="stretch")
-    frame, chart = cols[2].empty(), cols[3].empty()
-    status = st.empty()
-    curves, final = [], None
-    for snapshot in attacks.iter_reconstruct(model, shared, config, generator=generator, every=every,
-                                             policy=private.policy, crop_flip=private.crop_flip):
-        frame.image(viz.to_display(snapshot.images)[0], caption=f"reconstruction, iteration {snapshot.iteration}",
-                    width="stretch")
-        curves.append({"iteration": snapshot.iteration, "loss": float(snapshot.loss[0]),
-                       "PSNR vs x (dB)": float(metrics.psnr(snapshot.images, original)[0]),
-                       "PSNR vs T(x) (dB)": float(metrics.psnr(snapshot.images, transformed)[0])})
-        table = pd.DataFrame(curves).set_index("iteration")
-        with chart.container():
-            left, right = st.columns(2)
-            left.line_chart(table[["loss"]], height=180)
-            right.line_chart(table[["PSNR vs x (dB)", "PSNR vs T(x) (dB)"]], height=180)
-        status.progress(snapshot.iteration / snapshot.iterations,
-                        text=f"iteration {snapshot.iteration}/{snapshot.iterations} · {snapshot.seconds:.1f} s · "
-                             f"loss {float(snapshot.loss[0]):.4g}")
-        final = snapshot
-    result = evaluate_reconstruction(final, private, original)[0]
-    m = st.columns(5)
-    m[0].metric("PSNR vs original", f"{result.psnr_x:.2f} dB",
-                delta=f"{result.psnr_x - result.baseline_mean_colour:+.1f} dB vs its mean colour",
-                help="The delta compares with what the image's own mean colour scores against x: below it, the "
-                     "attack has recovered nothing a trivial guess would not.")
-    m[1].metric("Aligned PSNR vs original", f"{result.psnr_x_aligned:.2f} dB",
-                help="The best PSNR over the flips and shifts the crop and the policy can make: a moved image is "
-                     "not a hidden one.")
-    m[2].metric("PSNR vs transformed", f"{result.psnr_tx:.2f} dB")
-    m[3].metric("SSIM vs original", f"{result.ssim_x:.3f}")
-    m[4].metric("Label recovered", "yes" if result.label_recovered else "no")
-    st.caption(f"Trivial guesses against x on this image: flat grey {result.baseline_grey:.1f} dB, its mean colour "
-               f"{result.baseline_mean_colour:.1f} dB, T(x) itself {result.baseline_tx:.1f} dB.")
-    if result.status != "ok":
-        st.warning(f"The attack failed: {result.status}")
-    st.session_state["current_policy"] = str(policy)
+# --- before Run -----------------------------------------------------------------------------------
+
+def plan_text(settings: list[compare.Setting]) -> list[str]:
+    """One line per call: which settings share it."""
+    lines = []
+    for members in compare.plan(settings):
+        names = ", ".join(NAMES[i] for i in members)
+        attack = settings[members[0]].attack
+        told = f", told the policy {settings[members[0]].policy}" if attack == "aware" else ""
+        lines.append(f"{names}: one {'batched ' if len(members) > 1 else ''}{attack} call{told}")
+    return lines
+
+
+def show_estimate(model, x, y, settings, options) -> None:
+    """The run's time on this device before Run, and a warning with a cheaper choice when it is minutes."""
+    device = next(model.parameters()).device
+    calls = compare.plan(settings)
+    key = (options["arch"], options["weights"], str(device),
+           tuple((settings[m[0]].attack, len(m)) for m in calls))
+    seconds = timing(key, model, x, y, settings, options["iterations"]).seconds(options["iterations"])
+    lines = plan_text(settings)
+    st.markdown(f"**Before you run:** about **{duration(seconds)}** on {describe_device(device)} "
+                f"(timed from the first two iterations) · " + " · ".join(lines))
+    if len(calls) > 1:
+        st.caption(f"These settings need {len(calls)} calls, run one after another: settings batch only when "
+                   "they share an attack (and, for the aware attacker, the policy it is told).")
+    if device.type == "cpu" and seconds > SLOW:
+        cheap = ("fewer iterations (iDLG on LeNet shows the image within about 50)"
+                 if options["arch"] == "lenet" and all(s.attack in ("idlg", "dlg") for s in settings) else
+                 "iDLG on LeNet (about a second an iteration here) or fewer iterations")
+        st.warning(f"This will take about {duration(seconds)} on this CPU. For a quick look: {cheap}; "
+                   "the paper's IG runs belong on a GPU.")
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+# --- one run at a time ----------------------------------------------------------------------------
+
+def ask(token: int) -> None:
+    """The Run button's callback: which button was pressed (a click queued during a run has an old one)."""
+    st.session_state["asked"] = token
+
+
+def flush_stopped_run() -> None:
+    """A run whose script was cut short (another page, another image, Stop) goes to the history, marked."""
+    run = st.session_state.pop("active_run", None)
+    if run is None:
+        return
+    done = [r for r in run["latest"] if r is not None]
+    reached = max((r["iteration"] for r in done), default=0)
+    run["status"] = f"stopped at iteration {reached} of {run['iterations']}"
+    keep_in_history(run)
+    st.warning(f"The last run {run['status']}: it was cut short (the image changed, you left the page, or Stop "
+               "was pressed). Its last frame is kept in the history, marked stopped.")
+
+
+def keep_in_history(run: dict) -> None:
     runs = st.session_state.setdefault("runs", [])
-    runs.append({"image": name, "model": f"{arch} ({weights})", "policy": str(policy), "defense": str(defense),
-                 "attack": f"{preset} × {iterations}", "PSNR vs x": round(result.psnr_x, 2),
-                 "mean colour": round(result.baseline_mean_colour, 2), "aligned": round(result.psnr_x_aligned, 2),
-                 "PSNR vs T(x)": round(result.psnr_tx, 2), "SSIM vs x": round(result.ssim_x, 3),
-                 "seconds": round(final.seconds, 1),
-                 "thumbnails": viz.to_display(torch.cat([original, transformed, final.images]), scale=2)})
+    runs.append(run)
     del runs[:-HISTORY]
 
 
-def show_history() -> None:
+# --- the run --------------------------------------------------------------------------------------
+
+def new_run(x, y, name, source, settings, options, device) -> dict:
+    """The record of a run: updated every frame, so a run cut short still leaves what it reached."""
+    baselines = baseline_scores(x[None].cpu(), x[None].cpu())
+    return {"name": name, "source": source, "label": int(y), "settings": list(settings),
+            "model": options["arch"], "weights": options["weights"], "iterations": options["iterations"],
+            "every": options["every"], "seed": options["seed"], "device": describe_device(device),
+            "x": x.cpu(), "transformed": None, "latest": [None] * len(settings), "frames": [[] for _ in settings],
+            "curves": [], "results": [None] * len(settings), "seconds": 0.0, "call_seconds": {}, "status": "running",
+            "grey": float(baselines["baseline_grey"][0]), "mean_colour": float(baselines["baseline_mean_colour"][0]),
+            "started": time.time()}
+
+
+def record(run: dict, frame: compare.Frame) -> None:
+    """One frame into the run record: its latest images and scores, the curves, the kept snapshots."""
+    snapshot = frame.snapshot
+    if run["transformed"] is None:
+        run["transformed"] = frame.transformed
+        run["tx_mean_colour"] = baseline_scores(frame.transformed, frame.transformed)["baseline_mean_colour"].tolist()
+    for k, i in enumerate(frame.settings):
+        image = snapshot.images[k]
+        run["latest"][i] = {"iteration": snapshot.iteration, "image": image, "psnr_x": float(frame.psnr_x[k]),
+                            "psnr_tx": float(frame.psnr_tx[k]), "loss": float(snapshot.loss[k]),
+                            "seconds": snapshot.seconds}
+        run["curves"].append({"setting": i, "iteration": snapshot.iteration, "loss": float(snapshot.loss[k]),
+                              "psnr_x": float(frame.psnr_x[k]), "psnr_tx": float(frame.psnr_tx[k])})
+        frames = run["frames"][i]
+        frames.append((snapshot.iteration, image))
+        if len(frames) > FRAMES:  # thin out, keeping the first and the newest
+            del frames[1:-1:2]
+        if frame.results:
+            run["results"][i] = frame.results[k]
+    run["call_seconds"][frame.call] = snapshot.seconds
+    run["seconds"] = sum(run["call_seconds"].values())
+
+
+def run_live(board, status, model, x, y, name, source, settings, options) -> dict:
+    """Attack every setting, drawing each frame into one row of columns; the finished run record."""
+    device = next(model.parameters()).device
+    run = new_run(x, y, name, source, settings, options, device)
+    st.session_state["active_run"] = run
+    with board.container():
+        slots = live_columns(run)
+        charts = st.empty()
+    drawn = [0.0]
+
+    def on_frame(frame: compare.Frame) -> None:
+        record(run, frame)
+        calls = frame.calls
+        status.progress(frame.snapshot.iteration / frame.snapshot.iterations,
+                        text=f"call {frame.call + 1} of {len(calls)} "
+                             f"({', '.join(NAMES[i] for i in frame.settings)}): iteration "
+                             f"{frame.snapshot.iteration}/{frame.snapshot.iterations} · {frame.snapshot.seconds:.1f} s")
+        if time.perf_counter() - drawn[0] < 0.3 and not frame.snapshot.done and frame.snapshot.iteration > 1:
+            return  # a frame at most every 0.3 s: the browser keeps up, the attack does not wait
+        drawn[0] = time.perf_counter()
+        draw_live(run, slots, frame)
+        with charts.container():
+            draw_charts(run, "live")
+
+    try:
+        compare.compare(model, x, y, settings, iterations=options["iterations"], seed=options["seed"],
+                        every=options["every"], on_frame=on_frame)
+    except Exception:  # an error is not a stop (Stop and reruns raise BaseExceptions, which keep the record)
+        st.session_state.pop("active_run", None)
+        raise
+    st.session_state.pop("active_run", None)
+    run["status"] = "done"
+    return run
+
+
+def live_columns(run: dict) -> list[dict]:
+    """One column per setting with slots for its reconstruction, its T(x) and its live numbers."""
+    slots = []
+    for i, column in enumerate(st.columns(len(run["settings"]))):
+        column.markdown(header(i, run["settings"][i]))
+        recon = column.empty()
+        recon.info("waiting for its call")
+        left, right = column.columns(2)
+        left.image(big(run["x"][None], 4), caption="x", width="stretch")
+        slots.append({"recon": recon, "tx": right.empty(), "text": column.empty()})
+    return slots
+
+
+def draw_live(run: dict, slots: list[dict], frame: compare.Frame) -> None:
+    for i, slot in enumerate(slots):
+        if frame.snapshot.iteration == 1 or frame.snapshot.done:
+            slot["tx"].image(big(run["transformed"][i:i + 1], 4), caption="T(x)", width="stretch")
+        latest = run["latest"][i]
+        if i in frame.settings and latest is not None:
+            slot["recon"].image(big(latest["image"][None], 6), width="stretch",
+                                caption=f"reconstruction, iteration {latest['iteration']}")
+            slot["text"].caption(f"PSNR vs x {latest['psnr_x']:.2f} dB (its mean colour: {run['mean_colour']:.2f} dB)")
+
+
+def big(images: torch.Tensor, scale: int):
+    """(B, 3, H, W) -> the first image as a sharp, upscaled array (32 px × 6 = 192 px)."""
+    return viz.to_display(images, scale=scale)[0]
+
+
+def header(i: int, setting: compare.Setting) -> str:
+    return f"**{NAMES[i]}** · policy **{setting.policy}** · defense {setting.defense} · {setting.attack}"
+
+
+# --- the result -----------------------------------------------------------------------------------
+
+def show_result(run: dict, with_scores: bool) -> None:
+    """A finished run from its record: columns, scrub strip, charts, downloads, reproduce, then scores."""
+    st.subheader("This run")
+    st.caption(f"{run['name']} · {ARCHS.get(run['model'], run['model'])} ({run['weights']}) · "
+               f"{run['iterations']} iterations · seed {run['seed']} · {run['device']} · {run['seconds']:.1f} s")
+    stops = sorted({it for frames in run["frames"] for it, _ in frames})
+    chosen = st.select_slider("Scrub the snapshots (iteration)", options=stops, value=stops[-1],
+                              key=f"scrub_{run['started']}") if len(stops) > 1 else stops[-1]
+    slots = []
+    for i, column in enumerate(st.columns(len(run["settings"]))):
+        show_column(column, run, i, chosen)
+        slots.append(column.empty())
+    st.caption(f"Readings compare one image with trivial guesses, with a {MARGIN:g} dB margin: a reading, not a "
+               "test (the Benchmark page has intervals over 100 images). Aligned PSNR is the best over the flips "
+               "and shifts the client's crop and policy can make.")
+    draw_charts(run, "result")
+    downloads(run)
+    reproduce(run)
+    if with_scores:  # last: the first scoring of a policy takes a few seconds
+        for slot, setting in zip(slots, run["settings"]):
+            show_scores(slot, setting.policy)
+
+
+def show_column(column, run: dict, i: int, iteration: int) -> None:
+    """One setting: its reconstruction at `iteration`, x and T(x), its reading and its scores."""
+    setting, result = run["settings"][i], run["results"][i]
+    column.markdown(header(i, setting))
+    frames = [(it, image) for it, image in run["frames"][i] if it <= iteration] or run["frames"][i][:1]
+    column.image(big(frames[-1][1][None], 6), caption=f"reconstruction, iteration {frames[-1][0]}", width="stretch")
+    left, right = column.columns(2)
+    left.image(big(run["x"][None], 4), caption="x", width="stretch")
+    right.image(big(run["transformed"][i:i + 1], 4), caption="T(x)", width="stretch")
+    read = compare.reading(result, run["tx_mean_colour"][i], MARGIN)
+    column.markdown(f"**{read}**: {compare.READINGS[read]}")
+    column.metric("PSNR vs x", f"{result.psnr_x:.2f} dB",
+                  delta=f"{result.psnr_x - result.baseline_mean_colour:+.1f} dB vs its mean colour",
+                  help="Below zero, the attack recovered nothing the image's own mean colour does not.")
+    left, right = column.columns(2)
+    left.metric("aligned PSNR vs x", f"{result.psnr_x_aligned:.2f} dB",
+                help="The best PSNR over the flips and shifts the client's crop and policy can make.")
+    right.metric("PSNR vs T(x)", f"{result.psnr_tx:.2f} dB",
+                 help="The paper's number; for the aware attacker, its own estimate of T(x) against T(x).")
+    column.caption(f"SSIM vs x {result.ssim_x:.3f} · trivial guesses vs x: flat grey {result.baseline_grey:.1f} dB, "
+                   f"mean colour {result.baseline_mean_colour:.1f} dB, T(x) itself {result.baseline_tx:.1f} dB · "
+                   f"label {'recovered' if result.label_recovered else 'not recovered'}")
+    if result.status != "ok":
+        column.warning(f"The attack failed: {result.status}")
+
+
+def show_scores(slot, policy: str) -> None:
+    """S_pri and S_acc of `policy` beside those of no policy (cached, smoke preset)."""
+    try:
+        mine, none = policy_scores(policy), policy_scores("none")
+    except ValueError as error:  # no CIFAR-100 test set
+        slot.caption(f"S_pri/S_acc need the CIFAR-100 test set: {str(error).splitlines()[0][:160]}")
+        return
+    slot.caption(f"**S_pri** {mine['S_pri']:.3f} (no policy {none['S_pri']:.3f}; lower = more private) · "
+                 f"**S_acc** {mine['S_acc']:.1f} (no policy {none['S_acc']:.1f}; higher = better accuracy)")
+
+
+def curves_frame(run: dict, points: int = 300) -> pd.DataFrame:
+    """The run's curves, at most about `points` a setting (a long IG run yields thousands of frames)."""
+    table = pd.DataFrame(run["curves"], columns=["setting", "iteration", "loss", "psnr_x", "psnr_tx"])
+    step = max(1, len(table) // (points * max(1, len(run["settings"]))))
+    table = table[table.groupby("setting").cumcount(ascending=False) % step == 0]  # each setting's last kept
+    return table.assign(name=[f"{NAMES[i]}: {run['settings'][i].policy} · {run['settings'][i].attack}"
+                              for i in table["setting"]])
+
+
+def draw_charts(run: dict, where: str) -> None:
+    """PSNR vs x with the image's baselines as lines, PSNR vs T(x), and the loss; titled, labelled."""
+    table = curves_frame(run)
+    specs = (("psnr_x", "PSNR vs x over the run", "PSNR vs x (dB)", True),
+             ("psnr_tx", "PSNR vs T(x) (the paper's measure)", "PSNR vs T(x) (dB)", False),
+             ("loss", "Gradient-matching loss", "loss (log scale)", False))
+    for column, (value, title, axis, baselines) in zip(st.columns(3), specs):
+        figure = go.Figure()
+        for name, rows in table.groupby("name", sort=False):
+            figure.add_scatter(x=rows["iteration"], y=rows[value], mode="lines+markers", name=name,
+                               marker={"size": 4})
+        if baselines:
+            figure.add_hline(y=run["mean_colour"], line_dash="dash", annotation_text="its mean colour")
+            figure.add_hline(y=run["grey"], line_dash="dot", annotation_text="flat grey",
+                             annotation_position="bottom right")
+        figure.update_layout(title=title, height=340, margin={"t": 60, "b": 10, "l": 10, "r": 10},
+                             legend={"orientation": "h", "y": -0.3}, xaxis_title="iteration", yaxis_title=axis)
+        figure.update_xaxes(range=[0, run["iterations"]], tickformat="d")
+        if value == "loss":
+            figure.update_yaxes(type="log")
+        column.plotly_chart(figure, width="stretch", key=f"chart_{where}_{value}_{len(table)}",
+                            config={"displayModeBar": False})  # its icons would sit on the title
+
+
+def table_of(run: dict) -> pd.DataFrame:
+    """The run's numbers, a row per setting (the CSV)."""
+    rows = []
+    for i, setting in enumerate(run["settings"]):
+        result = run["results"][i].to_dict() if run["results"][i] else {
+            "psnr_x": (run["latest"][i] or {}).get("psnr_x"), "status": run["status"]}
+        rows.append({"setting": NAMES[i], "policy": setting.policy, "defense": setting.defense,
+                     "attack": setting.attack, **result})
+    return pd.DataFrame(rows)
+
+
+def comparison_grid(run: dict) -> list[torch.Tensor]:
+    count = len(run["settings"])
+    latest = torch.stack([r["image"] if r else torch.full_like(run["x"], 0.5) for r in run["latest"]])
+    return [run["x"].expand(count, *run["x"].shape), run["transformed"][:count], latest]
+
+
+def downloads(run: dict) -> None:
+    stem = f"ats-compare-{run['model']}-seed{run['seed']}"
+    document = {"image": run["name"], "label": run["label"], "model": run["model"], "weights": run["weights"],
+                "iterations": run["iterations"], "seed": run["seed"], "device": run["device"],
+                "status": run["status"], "settings": table_of(run).to_dict("records"), "curves": run["curves"]}
+    left, middle, right = st.columns(3)
+    left.download_button("Download the comparison (PNG grid)", viz.grid_png(comparison_grid(run), scale=4),
+                         file_name=f"{stem}.png", mime="image/png", on_click="ignore")
+    middle.download_button("Download the numbers (JSON)", json.dumps(document, indent=2, default=str),
+                           file_name=f"{stem}.json", mime="application/json", on_click="ignore")
+    right.download_button("Download the numbers (CSV)", table_of(run).to_csv(index=False),
+                          file_name=f"{stem}.csv", mime="text/csv", on_click="ignore")
+
+
+def reproduce(run: dict) -> None:
+    with st.expander("Reproduce in Python (and with `ats attack`)"):
+        st.code(python_snippet(run), language="python")
+        st.markdown("The Python call gives this run's numbers exactly. Each setting alone, on the command line, "
+                    "starts from the same client step and starting point; a setting that ran batched with others "
+                    "ends within about 1e-3 dB of it under IG, but iDLG/DLG (L-BFGS) amplify the batch's last-bit "
+                    "rounding, so there it can end dB apart: another valid run of the same attack.")
+        st.code("\n".join(command_line(run, s) for s in run["settings"]), language="bash")
+
+
+def python_snippet(run: dict) -> str:
+    """The `ats` calls that give this run's numbers (the Python snippet the reproduce expander shows)."""
+    source = run["source"]
+    if source["kind"] == "upload":
+        image = (f"x = ats.load_image({source['file']!r})  # the file you uploaded\n"
+                 f"y = {run['label']}")
+    else:
+        loader = "ats.load_samples()" if source["kind"] == "samples" else 'ats.load_dataset("cifar100", "test")'
+        image = f"images = {loader}\nx, y = images.batch([{source['index']}])\nx, y = x[0], int(y[0])"
+    model = {"untrained": f"model = ats.build_model({run['model']!r}, 100, seed={run['seed']})",
+             "upload": f"model, _ = ats.load_checkpoint('your-checkpoint.pt', expect_arch={run['model']!r})"}.get(
+        run["weights"], f"model, _ = ats.load_checkpoint(asset_path('models', {run['weights']!r}), "
+                        f"expect_arch={run['model']!r})")
+    settings = ",\n            ".join(f"Setting({s.policy!r}, {s.defense!r}, {s.attack!r})" for s in run["settings"])
+    return (f"import ats\nfrom ats.compare import Setting, compare\nfrom ats.runtime import asset_path\n\n{image}\n"
+            f"{model}\nmodel = model.to(ats.pick_device()).eval()\nsettings = [{settings}]\n"
+            f"result = compare(model, x, y, settings, iterations={run['iterations']}, seed={run['seed']})\n"
+            "for row in result.rows():\n"
+            "    print(f\"{row['policy']} · {row['defense']} · {row['attack']}: PSNR vs x {row['psnr_x']:.4f} dB, \"\n"
+            "          f\"aligned {row['psnr_x_aligned']:.4f} dB, mean colour {row['baseline_mean_colour']:.4f} dB\")\n")
+
+
+def command_line(run: dict, setting: compare.Setting) -> str:
+    source = run["source"]
+    image = (f"--image {source['file']!r} --label {run['label']}" if source["kind"] == "upload" else
+             f"--data {source['kind']} --indices {source['index']}")
+    weights = {"untrained": "", "upload": " --checkpoint your-checkpoint.pt"}.get(
+        run["weights"], f" --checkpoint ats/assets/models/{run['weights']}")
+    return (f"ats attack {image} --model {run['model']}{weights} --policy {setting.policy} --defense "
+            f"{setting.defense} --attack {setting.attack} --iterations {run['iterations']} --seed {run['seed']}")
+
+
+def show_history(when: str) -> None:
+    """The kept runs: a table of every setting's numbers and a grid per run (`when`: before or after a run)."""
     runs = st.session_state.get("runs", [])
     if not runs:
         return
-    st.subheader("Recent runs")
-    st.caption("Run once without a policy and once with one to compare: x, T(x) and the reconstruction.")
-    st.dataframe(pd.DataFrame([{k: v for k, v in r.items() if k != "thumbnails"} for r in runs][::-1]),
-                 hide_index=True, width="stretch")
+    st.subheader("Kept runs")
+    rows = []
+    for number, run in reversed(list(enumerate(runs, start=1))):
+        for _, row in table_of(run).iterrows():
+            rows.append({"run": number, "image": run["name"], "model": f"{run['model']} ({run['weights']})",
+                         "setting": f"{row['setting']}: {row['policy']} · {row['defense']} · {row['attack']}",
+                         "PSNR vs x": row.get("psnr_x"), "mean colour": row.get("baseline_mean_colour"),
+                         "aligned": row.get("psnr_x_aligned"), "PSNR vs T(x)": row.get("psnr_tx"),
+                         "SSIM vs x": row.get("ssim_x"), "iterations": run["iterations"],
+                         "seconds": round(run["seconds"], 1), "status": run["status"]})
+    st.dataframe(pd.DataFrame(rows).round(3), hide_index=True, width="stretch")
     columns = st.columns(HISTORY)
-    for column, run in zip(columns, runs[::-1]):
-        column.image(run["thumbnails"], caption=["x", "T(x)", "recon."], width=64)
-        column.caption(f"{run['policy']} · {run['defense']} · {run['PSNR vs x']} dB")
-    if st.button("Clear history"):
-        st.session_state["runs"] = []
-        st.rerun()
+    for column, (number, run) in zip(columns, reversed(list(enumerate(runs, start=1)))):
+        if run["transformed"] is not None:
+            column.image(viz.grid_png(comparison_grid(run), scale=2), width="stretch",
+                         caption=f"run {number}: rows x, T(x), reconstruction")
+    st.button("Clear the kept runs", key=f"clear_{when}", on_click=clear_runs)
 
 
+def clear_runs() -> None:
+    st.session_state["runs"] = []
+
+
+def run_button(slot, token: int, disabled: bool) -> None:
+    """Run, keyed by the run it starts: a click that waited for a run to end carries an older token."""
+    slot.button("Run", type="primary", key=f"run_{token}", on_click=ask, args=(token,), disabled=disabled,
+                help="To stop a run, press Stop at the top right: what it reached is kept.")
+
+
+@st.fragment
+def bench(x: torch.Tensor, y: int, name: str, source: dict) -> None:
+    """The settings, the estimate, Run, the live run, its result and the kept runs (reruns alone)."""
+    flush_stopped_run()
+    options = choose_model()
+    settings, errors = choose_settings(x, options["seed"], pick_device())
+    try:
+        model = load_model(options)
+    except ValueError as error:
+        st.error(str(error))
+        return
+    if settings and not errors:
+        show_estimate(model, x, y, settings, options)
+    token = st.session_state.setdefault("run_token", 0)
+    button, status, board, history = st.empty(), st.empty(), st.empty(), st.empty()
+    run_button(button, token, disabled=bool(errors))
+    asked = st.session_state.pop("asked", None)
+    with history.container():
+        show_history("before")
+    last = st.session_state.get("last_run")
+    if asked is not None and asked != token:
+        status.info("Run was pressed again while the last run was going: ignored. Press Run now to run again.")
+    if asked == token and not errors:
+        st.session_state["run_token"] = token + 1  # a click queued during this run now carries an old token
+        status.progress(0.0, text="starting: each setting's client step, then the first iteration")
+        button.button("Running…", disabled=True, key=f"running_{token}")
+        try:
+            last = run_live(board, status, model, x, y, name, source, settings, options)
+        except ValueError as error:
+            st.error(str(error))
+            return
+        keep_in_history(last)
+        st.session_state["last_run"] = last
+        st.session_state["current_policy"] = next((s.policy for s in settings if s.policy != "none"), "none")
+        status.empty()
+        run_button(button, token + 1, disabled=False)
+        with history.container():
+            show_history("after")
+    if last is not None:
+        with board.container():
+            if last["settings"] != settings or last["name"] != name:
+                st.caption("The settings or the image changed since this run: press Run to attack with them.")
+            show_result(last, options["with_scores"])
+
+
+st.html(PIXELATED)
 st.title("Attack playground")
-st.caption("A client shares the gradient of its loss on a private image; the server inverts it. A policy "
-           "transforms the image before the gradient is taken, and a gradient defense perturbs the gradient.")
+st.caption("A client shares the gradient of its loss on a private image; the server inverts it. A policy transforms "
+           "the image before the gradient is taken, a gradient defense perturbs the gradient. Compare up to four "
+           "settings on one image: Run attacks them side by side.")
 chosen = choose_image()
 if chosen is None:
     st.stop()
-x, y, name = chosen
-policy_text = choose_policy(x)
-try:
-    policy = parse_policy(policy_text)
-except ValueError as error:
-    st.error(str(error))
-else:
-    crop_flip = policy != Policy.none()  # as the attack: no crop and flip without a policy
-    preview = transform(x[None], policy, make_generator(0), crop_flip=crop_flip)
-    st.caption(f"**{policy}**: {policy.describe()} (after a random crop and flip when a policy is set)")
-    st.image(viz.to_display(torch.cat([x[None], preview]), scale=3), caption=["x", "T(x), seed 0"])
-attack_panel(x, y, name, policy_text)
+x, y, name, source = chosen
+with st.expander("What the 50 ops do to this image"):
+    thumbnails = op_gallery(x.numpy())
+    for row in range(0, len(thumbnails), 10):
+        for i, column in enumerate(st.columns(10), start=row):
+            column.image(thumbnails[i], caption=viz.op_label(i), width="stretch")
+bench(x, y, name, source)

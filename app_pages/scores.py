@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from ats import scores
+from ats import data, scores
 from ats.policy import parse_policy
 from ats.published import PAPER_POLICIES
 from ats.scoring import ScoringSetup
@@ -40,6 +40,14 @@ st.markdown(
     "separates the transformed images (Jacobian correlation; **higher is better**); policies below "
     f"{scores.ACCURACY_THRESHOLD:g} are rejected by the search.")
 
+try:
+    data.load_dataset("cifar100", "test")
+    missing = None
+except data.DataNotFoundError as error:
+    missing = str(error).split(". ")[0]
+if missing:
+    st.info(f"Scores are computed on CIFAR-100 test images, which are not here ({missing}). Point `ATS_DATA_DIR` at "
+            "a folder holding `cifar100_test.npz` and restart the app.")
 checkpoint = scores.default_score_checkpoint()
 choices = ([str(checkpoint)] if checkpoint.is_file() else []) + [UNTRAINED]
 if not checkpoint.is_file():
@@ -52,7 +60,7 @@ with st.form("scores"):
     images = right.slider("Privacy images (the paper: 100)", 1, 100, 8)
     windows = right.slider("Accuracy windows of 100 images (the paper: 10)", 1, 10, 2)
     extra = right.slider("Random reference policies", 0, 8, 3)
-    submitted = st.form_submit_button("Compute scores", type="primary")
+    submitted = st.form_submit_button("Compute scores", type="primary", disabled=bool(missing))
 
 if not submitted:
     st.caption("Press **Compute scores**: each policy takes a few seconds on a CPU; results are cached.")
@@ -77,10 +85,19 @@ except ValueError as error:  # e.g. a checkpoint that is not an ats checkpoint
     st.stop()
 bar.progress(1.0, text=f"scored {len(rows)} policies")
 current = rows[0]
+none = next((r for r in rows if r["policy"] == "none"), None) or score("none", choice, stamp, images, windows, 0)
 m = st.columns(3)
-m[0].metric("S_pri (lower = more private)", f"{current['S_pri']:.4f}")
-m[1].metric("S_acc (higher = better)", f"{current['S_acc']:.2f}")
-m[2].metric("passes the accuracy threshold", "yes" if current["passes"] else "no")
+m[0].metric("S_pri (lower = more private)", f"{current['S_pri']:.4f}",
+            delta=f"{current['S_pri'] - none['S_pri']:+.4f} vs no policy", delta_color="inverse")
+m[1].metric("S_acc (higher = better)", f"{current['S_acc']:.2f}", delta=f"{current['S_acc'] - none['S_acc']:+.2f} vs no policy")
+m[2].metric(f"passes the paper's threshold {scores.ACCURACY_THRESHOLD:g}", "yes" if current["passes"] else "no")
+if not current["passes"]:
+    st.caption(f"**Why no:** the threshold {scores.ACCURACY_THRESHOLD:g} is the paper's, tuned on ResNet20-4 (width 64) "
+               f"over windows of 100 images. These scores use a {scoring(choice, stamp).config.arch} (width 16), whose "
+               f"S_acc is lower for every policy (no policy: {none['S_acc']:.1f} here), so the threshold rejects even "
+               f"the paper's own 3-1-7. Per image it does not help: S_acc per image is {current['S_acc per image']:.2f} "
+               f"against the threshold's {scores.ACCURACY_THRESHOLD / 100:g} (−85 over 100 images). Compare S_acc "
+               "with no policy's (the delta above) instead.")
 
 left, right = st.columns(2)
 curve = go.Figure()

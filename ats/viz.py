@@ -1,4 +1,4 @@
-"""Showing images: grids (tensors, PNGs, matplotlib), display arrays, and the gallery of the ATS ops.
+"""Showing images: grids (tensors, PNG files and bytes, matplotlib), display arrays, the ATS ops' gallery.
 
 The gallery shows each of the 50 transformations that Gao et al. (CVPR 2021) build policies from
 (the pool is `ats.ops`) on one image. Only `show_grid` draws (with matplotlib, imported lazily,
@@ -44,6 +44,19 @@ def save_grid(path: str | Path, rows: list[Tensor], *, scale: int = 3) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(image_grid(rows, scale=scale), path)
     return path
+
+
+def grid_png(rows: list[Tensor], *, scale: int = 3) -> bytes:
+    """`image_grid(rows)` encoded as PNG bytes (a download, an upload), nothing written to disk."""
+    import io
+
+    from PIL import Image
+
+    grid = image_grid(rows, scale=scale)  # (3, H, W) in [0, 1]
+    pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def show_grid(rows: list[Tensor], *, labels: list[str] | None = None, title: str | None = None,

@@ -1,12 +1,13 @@
 """The Streamlit app, headless through `streamlit.testing.v1.AppTest`, at the smoke budget."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ats import checkpoints, models
+from ats import checkpoints, compare, models
 from ats.store import ScoreRow, Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,46 +36,153 @@ def test_router_loads_the_playground_and_shows_the_device(data_dir):
     assert "Device" in at.sidebar.markdown[0].value
 
 
-def test_run_an_attack_at_smoke_budget_and_keep_it_in_the_history(data_dir):
-    at = page("playground").run()
-    assert len(at.get("image")) >= 12 + 50  # the image gallery and the op gallery
-    widget(at.slider, "Iterations").set_value(10)
-    widget(at.slider, "Show a frame").set_value(5)
-    at.button[0].click().run()
+@pytest.fixture
+def media(monkeypatch) -> list:
+    """The in-memory media stores AppTest creates, to read back what a download button offers."""
+    import streamlit.testing.v1.app_test as app_test
+
+    stores = []
+
+    class Recording(app_test.MemoryMediaFileStorage):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            stores.append(self)
+
+    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Recording)
+    return stores
+
+
+def downloaded(media: list, button) -> bytes:
+    return media[-1].get_file(button.proto.url.rsplit("/", 1)[-1]).content
+
+
+def run_playground(at: AppTest, iterations: int = 4) -> AppTest:
+    """Press Run at the smoke budget: a few iterations, a frame every other one."""
+    at.number_input(key="iterations").set_value(iterations)
+    at.slider(key="every").set_value(2)
+    token = at.session_state["run_token"]
+    at.button(key=f"run_{token}").click().run()
     assert not at.exception, at.exception
-    labels = [m.label for m in at.metric]
-    assert "PSNR vs original" in labels and "Aligned PSNR vs original" in labels
-    assert "vs its mean colour" in at.metric[labels.index("PSNR vs original")].delta  # beside its baseline
-    assert any("mean colour" in c.value and "flat grey" in c.value for c in at.caption)
-    assert at.metric[labels.index("Label recovered")].value == "yes"
-    assert at.subheader[-1].value == "Recent runs"
-    assert at.session_state["runs"][-1]["policy"] == "none"
+    return at
+
+
+def labelled(at: AppTest, label: str) -> list:
+    return [m for m in at.metric if m.label == label]
+
+
+def test_compare_mode_attacks_three_settings_side_by_side_beside_their_baselines(data_dir, media):
+    at = page("playground").run()
+    assert not at.exception and not at.error
+    assert len(at.get("image")) >= 12 + 50 + 3  # the image gallery, the op gallery, a T(x) per setting
+    assert any(m.value.startswith("**Before you run:** about") and "one batched idlg call" in m.value
+               for m in at.markdown)
+    run_playground(at)
+    for label in ("PSNR vs x", "aligned PSNR vs x", "PSNR vs T(x)"):
+        assert len(labelled(at, label)) == 3, label  # one column per setting
+    assert all("vs its mean colour" in m.delta for m in labelled(at, "PSNR vs x"))
+    assert sum("flat grey" in c.value and "mean colour" in c.value for c in at.caption) == 3
+    assert sum(m.value.startswith(tuple(f"**{r}**" for r in compare.READINGS)) for m in at.markdown) == 3
+    assert sum(c.value.startswith("**S_pri**") for c in at.caption) == 3  # the scores beside the run
+    run = at.session_state["last_run"]
+    assert [s.policy for s in run["settings"]] == ["none", "3-1-7", "3-1-7+43-18-18"]
+    assert len({r.psnr_x for r in run["results"]}) == 3
+    png, document, table = (downloaded(media, b) for b in at.get("download_button"))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    document = json.loads(document)
+    assert [s["policy"] for s in document["settings"]] == ["none", "3-1-7", "3-1-7+43-18-18"]
+    assert document["settings"][0]["psnr_x"] == pytest.approx(run["results"][0].psnr_x)
+    assert table.decode().splitlines()[0].startswith("setting,policy,defense,attack")
     history = at.dataframe[-1].value
-    assert list(history["policy"]) == ["none"] and history["PSNR vs x"].notna().all()
-    assert history["mean colour"].notna().all()
+    assert list(history["run"]) == [1, 1, 1] and history["mean colour"].notna().all()
 
 
-def test_picking_ops_changes_the_policy(data_dir):
+def test_the_live_charts_are_titled_and_labelled_with_the_baselines_as_lines(data_dir):
+    at = run_playground(page("playground").run())
+    figures = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    layouts = [f["layout"] for f in figures]
+    assert [l["title"]["text"] for l in layouts] == ["PSNR vs x over the run", "PSNR vs T(x) (the paper's measure)",
+                                                    "Gradient-matching loss"]
+    assert all(l["yaxis"]["title"]["text"] and l["xaxis"]["title"]["text"] == "iteration" for l in layouts)
+    assert all(l["xaxis"]["tickformat"] == "d" and l["xaxis"]["range"] == [0, 4] for l in layouts)  # no "2.000000"
+    assert layouts[0]["legend"]["orientation"] == "h"  # below the plot, not cut at its side
+    lines = [shape["y0"] for shape in layouts[0]["shapes"]]
+    run = at.session_state["last_run"]
+    assert lines == pytest.approx([run["mean_colour"], run["grey"]])
+
+
+def test_the_reproduce_snippet_gives_the_apps_numbers(data_dir, capsys):
     at = page("playground").run()
-    widget(at.multiselect, "Ops").set_value([3, 1, 7]).run()
+    at.radio(key="count").set_value(2).run()
+    run_playground(at)
+    snippet = at.code[0].value
+    assert "compare(model, x, y, settings, iterations=4, seed=0)" in snippet
+    assert at.code[1].value.splitlines()[1] == ("ats attack --data cifar100 --indices 0 --model lenet --policy 3-1-7 "
+                                                "--defense none --attack idlg --iterations 4 --seed 0")
+    capsys.readouterr()
+    exec(compile(snippet, "reproduce.py", "exec"), {})  # the snippet as a user would paste it
+    printed = [float(line.split("PSNR vs x ")[1].split(" dB")[0]) for line in capsys.readouterr().out.splitlines()]
+    assert printed == pytest.approx([r.psnr_x for r in at.session_state["last_run"]["results"]], abs=1e-4)
+
+
+def test_a_second_run_click_during_a_run_is_ignored_with_a_message(data_dir):
+    at = run_playground(page("playground").run())
+    assert at.session_state["run_token"] == 1 and len(at.session_state["runs"]) == 1
+    at.session_state["asked"] = 0  # what the callback of a click queued during run 0 leaves: the old token
+    at.run()
     assert not at.exception
-    assert any(c.value.startswith("**3-1-7**: translateX") for c in at.caption)
-    at.radio(key="policy_mode").set_value("type").run()
-    at.text_input(key="policy_text").input("3-1-7+43-18-18").run()
-    assert not at.error
-    assert any(c.value.startswith("**3-1-7+43-18-18**") for c in at.caption)
+    assert any("pressed again while the last run was going: ignored" in i.value for i in at.info)
+    assert len(at.session_state["runs"]) == 1 and at.session_state["run_token"] == 1  # no second run
+    assert at.button(key="run_1").label == "Run"
+    run_playground(at)  # a click after the run is a run
+    assert len(at.session_state["runs"]) == 2
 
 
-def test_malformed_policy_is_an_inline_error(data_dir):
+def test_a_run_cut_short_is_kept_in_the_history_marked_stopped(data_dir):
+    at = run_playground(page("playground").run())
+    record = dict(at.session_state["last_run"], status="running", results=[None, None, None])
+    record["latest"] = [dict(r, iteration=2) for r in record["latest"]]
+    at.session_state["active_run"] = record  # what a run leaves when another page or image interrupts it
+    at.run()
+    assert not at.exception
+    assert "The last run stopped at iteration 2 of 4" in at.warning[0].value
+    assert at.session_state["runs"][-1]["status"] == "stopped at iteration 2 of 4"
+    assert "active_run" not in at.session_state
+    assert list(at.dataframe[-1].value["status"])[:3] == ["stopped at iteration 2 of 4"] * 3
+
+
+def test_settings_survive_a_visit_to_another_page(data_dir):
+    at = router().run()
+    at.text_input(key="policy_1").input("43-18-18")
+    at.selectbox(key="attack_2").set_value("ig")
+    widget(at.multiselect, "Ops").set_value([3, 1])
+    assert at.number_input(key="iterations").max >= 4800  # the paper's IG budget is offered (the slider stopped at 2000)
+    at.number_input(key="iterations").set_value(4800).run()
+    assert not at.exception
+    at.switch_page("app_pages/about.py").run()
+    at.switch_page("app_pages/playground.py").run()
+    assert at.text_input(key="policy_1").value == "43-18-18"
+    assert at.selectbox(key="attack_2").value == "ig"
+    assert at.number_input(key="iterations").value == 4800
+    assert widget(at.multiselect, "Ops").value == [3, 1]
+    assert any("This will take about" in w.value and "iDLG on LeNet" in w.value for w in at.warning)
+
+
+def test_the_op_builder_sets_a_settings_policy(data_dir):
     at = page("playground").run()
-    at.radio(key="policy_mode").set_value("type").run()
-    at.text_input(key="policy_text").input("3--1").run()
+    widget(at.multiselect, "Ops").set_value([3, 1, 7])
+    at.selectbox(key="ops_target").set_value(0)
+    widget(at.button, "Use these ops").click().run()
     assert not at.exception
-    assert "empty index" in at.error[0].value
-    widget(at.slider, "Iterations").set_value(10)
-    at.button[0].click().run()
+    assert at.text_input(key="policy_0").value == "3-1-7"
+    assert any(c.value.startswith("T(x) with seed 0: translateX") for c in at.caption)
+
+
+def test_malformed_policy_is_an_inline_error_and_run_waits(data_dir):
+    at = page("playground").run()
+    at.text_input(key="policy_1").input("3--1").run()
     assert not at.exception
-    assert "empty index" in at.error[-1].value and not at.metric
+    assert "Setting B" in at.error[0].value and "empty index" in at.error[0].value
+    assert at.button(key="run_0").disabled and not at.metric
     assert at.title[0].value == "Attack playground"  # the rest of the page still works
 
 
@@ -82,14 +190,21 @@ def test_sample_photos_and_a_shipped_checkpoint_of_another_architecture(data_dir
     at = page("playground").run()
     at.radio(key="source").set_value("samples").run()
     assert not at.exception and not at.error
-    shipped = [o for o in widget(at.selectbox, "Weights").options if o.endswith(".pt")]
+    shipped = [o for o in at.selectbox(key="weights").options if o.endswith(".pt")]
     if not shipped:
         pytest.skip("no checkpoint shipped in ats/assets/models/ yet")
-    widget(at.selectbox, "Model").set_value("convnet")
-    widget(at.selectbox, "Weights").set_value(shipped[0])
-    at.button[0].click().run()
+    at.selectbox(key="arch").set_value("convnet")
+    at.selectbox(key="weights").set_value(shipped[0]).run()
     assert not at.exception
     assert "expected 'convnet'" in at.error[-1].value
+
+
+def test_an_invalid_uploaded_checkpoint_is_named_by_its_file(data_dir):
+    at = page("playground").run()
+    at.selectbox(key="weights").set_value("upload").run()
+    at.file_uploader(key="checkpoint").upload("mine.pt", b"not a checkpoint").run()
+    assert not at.exception
+    assert "'mine.pt'" in at.error[-1].value and "/tmp" not in at.error[-1].value
 
 
 def test_uploaded_checkpoint_of_another_architecture_is_refused(tmp_path):
@@ -114,6 +229,10 @@ def test_scores_page_computes_the_policy_and_reference_points(data_dir):
     assert not at.exception, at.exception
     labels = [m.label for m in at.metric]
     assert "S_pri (lower = more private)" in labels
+    passes = at.metric[labels.index("passes the paper's threshold -85")].value
+    why = [c.value for c in at.caption if c.value.startswith("**Why no:**")]
+    assert bool(why) == (passes == "no")  # a "no" for the paper's own policy is explained
+    assert all("ResNet20-4" in w and "per image" in w for w in why)
     table = at.dataframe[0].value
     assert list(table["policy"]) == ["3-1-7", "none", "43-18-18", "3-1-7+43-18-18"]
     assert table["S_pri"].between(-1, 1).all()
@@ -129,11 +248,14 @@ def test_scores_page_refuses_a_malformed_policy(data_dir):
 
 
 def tiny_database(path: Path) -> Path:
+    """Four scored policies: 0-0 is the most private but below the threshold, the rest pass."""
+    from ats.scores import ScoreConfig
+
     with Store.open(path) as store:
         for policy, privacy, accuracy in (("3-1-7", 0.2, -80.0), ("43-18-18", 0.3, -70.0),
                                           ("5", 0.5, -60.0), ("0-0", 0.1, -120.0)):
-            store.put_score(ScoreRow(policy, "test-definition", "abc", 0, privacy, accuracy, accuracy / 100,
-                                     (privacy, privacy), 2, 0.1))
+            store.put_score(ScoreRow(policy, ScoreConfig.smoke().definition(), "abc", 0, privacy, accuracy,
+                                     accuracy / 100, (privacy, privacy), 2, 0.1))
     return path
 
 
@@ -147,24 +269,46 @@ def test_search_explorer_opens_a_database_and_sends_a_policy_to_the_playground(d
     assert not at.exception and not at.error
     values = {m.label: m.value for m in at.metric}
     assert values["policies"] == "4" and values["pass the threshold"] == "3" and values["best"] == "3-1-7"
-    assert len(at.get("plotly_chart")) == 1
+    assert "**Hybrid of disjoint top policies:** `3-1-7+43-18-18`" in [m.value for m in at.markdown]  # whole
+    assert at.selectbox(key="search_group").options[0].startswith(
+        "resnet20 · S_pri on 4 images × 21 points · S_acc on 2 windows of 100")
+    traces = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    front = [t for t in traces if t["name"].startswith("Pareto front")][0]
+    assert plotted(front["x"]) == [0.2, 0.3, 0.5] and min(plotted(front["y"])) >= -85  # by S_pri, no rejected 0-0
     widget(at.selectbox, "Or choose a policy").set_value("43-18-18")
     widget(at.button, "Open in the playground").click().run()
     assert not at.exception
     assert at.title[0].value == "Attack playground"
-    assert at.text_input(key="policy_text").value == "43-18-18"
+    assert at.text_input(key="policy_0").value == "43-18-18"
 
 
-def test_search_explorer_refuses_a_file_that_is_not_a_database(tmp_path):
+def test_search_explorer_refuses_a_file_that_is_not_a_database(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     bad = tmp_path / "notes.db"
     bad.write_text("hello")
     at = page("search_explorer").run()
+    at.radio(key="search_source").set_value("path").run()
+    assert not at.error and "There is no results.db in this folder yet" in at.info[0].value  # not a red error
+    at.radio(key="search_source").set_value("upload").run()
+    at.file_uploader[0].upload("notes.db", b"hello").run()
+    assert "notes.db is not a results database" in at.error[0].value and "--db" not in at.error[0].value
     at.radio(key="search_source").set_value("path").run()
     widget(at.text_input, "Results database").input(str(bad)).run()
     assert not at.exception
     assert "not a results database" in at.error[0].value
     widget(at.text_input, "Results database").input(str(tmp_path / "missing.db")).run()
     assert "does not exist" in at.error[0].value
+
+
+def plotted(array) -> list:
+    """A plotly figure's array from its JSON: a list, or plotly's base64 `bdata` encoding of one."""
+    if isinstance(array, dict):
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
+    return list(array)
 
 
 def frame(at, column: str):
@@ -174,7 +318,7 @@ def frame(at, column: str):
     return found[0]
 
 
-def test_benchmark_page_without_and_with_a_table(tmp_path, monkeypatch):
+def test_benchmark_page_without_and_with_a_table(tmp_path, monkeypatch, data_dir):
     monkeypatch.chdir(tmp_path)
     at = page("benchmark").run()
     assert not at.exception
@@ -187,6 +331,11 @@ def test_benchmark_page_without_and_with_a_table(tmp_path, monkeypatch):
     assert list(at.dataframe[0].value["policy"]) == ["none", "3-1-7"]  # no baselines to show first
     assert list(at.dataframe[0].value["accuracy (%)"]) == [70.0, 69.0]
     assert len(at.get("plotly_chart")) == 2
+    trade = json.loads(at.get("plotly_chart")[1].proto.spec)
+    assert sorted(y for t in trade["data"] for y in plotted(t["y"])) == [69.0, 70.0]  # percent, as the table's column
+    assert trade["layout"]["yaxis"]["title"]["text"] == "test accuracy (%)" and trade["layout"]["yaxis"]["range"][0] == 0
+    assert all(t["mode"] == "markers" for t in trade["data"])  # policies by symbol, no labels piled up
+    assert "paper PSNR" not in at.dataframe[0].value
     assert "evidence columns stage, psnr_x_median" in at.warning[0].value  # says what it lacks
     assert any("no baselines" in c.value for c in at.caption)
     assert any(c.value.startswith("No reconstruction grid") for c in at.caption)
@@ -194,9 +343,10 @@ def test_benchmark_page_without_and_with_a_table(tmp_path, monkeypatch):
     at = page("benchmark").run()
     assert not at.exception
     assert "lacks the columns defense" in at.error[0].value
+    assert at.error[0].value.count("defense") == 1  # named once
 
 
-def test_benchmark_page_reads_a_table_of_an_older_version(tmp_path, monkeypatch):
+def test_benchmark_page_reads_a_table_of_an_older_version(tmp_path, monkeypatch, data_dir):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "benchmark.csv").write_text(  # the column names before "_x"/"_tx"
         "study,policy,defense,psnr_mean,psnr_std,psnr_original_mean,ssim_mean,accuracy\n"
@@ -226,7 +376,7 @@ def evidence_csv(path: Path, rows: list[dict]) -> None:
             writer.writerow({**base, **row})
 
 
-def test_benchmark_page_shows_the_evidence_of_a_table(tmp_path, monkeypatch):
+def test_benchmark_page_shows_the_evidence_of_a_table(tmp_path, monkeypatch, data_dir):
     monkeypatch.chdir(tmp_path)
 
     def interval(m: float) -> dict:
@@ -260,7 +410,7 @@ def test_benchmark_page_shows_the_evidence_of_a_table(tmp_path, monkeypatch):
     assert len(at.get("plotly_chart")) == 3  # bars, trade-off, leakage over training
 
 
-def test_benchmark_page_shows_a_partial_table_without_crashing(tmp_path, monkeypatch):
+def test_benchmark_page_shows_a_partial_table_without_crashing(tmp_path, monkeypatch, data_dir):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "benchmark.csv").write_text(  # medians but no intervals, leakage or paired tests
         "study,policy,defense,stage,psnr_x_median,psnr_tx_mean,psnr_tx_std,psnr_x_mean,ssim_tx_mean,accuracy,"
@@ -296,6 +446,37 @@ def test_benchmark_page_runs_a_small_benchmark_and_shows_it(tmp_path, monkeypatc
     at.button[0].click().run()
     assert "3--1" in at.error[0].value  # a malformed policy: an inline message, the table stays
     assert len(at.dataframe) >= 1
+
+
+@pytest.fixture
+def no_data(tmp_path, monkeypatch):
+    """No CIFAR-100 anywhere ats looks, and no cached answer from a test that had it."""
+    import streamlit as st
+
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("ATS_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def test_without_data_every_page_says_what_is_missing_before_a_click(no_data):
+    at = page("playground").run()
+    assert not at.exception and not at.error
+    assert at.radio(key="source").options == ["Sample photos", "Upload an image"]
+    assert any("CIFAR-100 attack set** is not on this machine" in c.value and "ATS_DATA_DIR" in c.value
+               for c in at.caption)
+    at = page("scores").run()
+    assert "ATS_DATA_DIR" in at.info[0].value and widget(at.button, "Compute scores").disabled
+    at = page("search_explorer").run()
+    at.radio(key="search_source").set_value("run").run()
+    assert any("ATS_DATA_DIR" in i.value for i in at.info) and widget(at.button, "Run search").disabled
+    at = page("benchmark").run()
+    assert any("ATS_DATA_DIR" in i.value for i in at.info) and widget(at.button, "Run benchmark").disabled
 
 
 def test_about_page_explains_and_cites():
