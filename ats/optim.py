@@ -121,7 +121,7 @@ class BatchedLBFGS(Stepper):
         self.prev_step = torch.zeros(n, d, device=z.device)
         self.alive = torch.ones(n, dtype=torch.bool, device=z.device)  # not failed, not converged
         self.finite = torch.ones(n, dtype=torch.bool, device=z.device)
-        self.count = 0
+        self.count = torch.zeros(n, dtype=torch.long, device=z.device)  # pairs each candidate stored
 
     def step(self, iteration: int) -> Tensor:
         """One L-BFGS iteration for every candidate; returns the costs (N,) it started from."""
@@ -156,7 +156,7 @@ class BatchedLBFGS(Stepper):
         return first_costs
 
     def narrow(self, index: Tensor, problem: Problem) -> Tensor:
-        for name in ("s", "y", "rho", "h_diag", "prev_step", "alive", "finite"):
+        for name in ("s", "y", "rho", "h_diag", "prev_step", "alive", "finite", "count"):
             setattr(self, name, getattr(self, name)[index])
         if self.prev_grad is not None:
             self.prev_grad = self.prev_grad[index]
@@ -171,29 +171,34 @@ class BatchedLBFGS(Stepper):
         return self._two_loop(-g), torch.full_like(costs, self.config.lr)
 
     def _remember(self, y: Tensor, s: Tensor, active: Tensor) -> None:
-        """Store the pair (s, y) in the ring where it has positive curvature, as torch does."""
+        """Append the pair (s, y) to each active candidate's own ring where its curvature is positive,
+        as torch does: a rejected pair, or a candidate whose iteration has ended, keeps its history."""
         ys = (y * s).sum(dim=1)  # (N,)
         ok = (ys > 1e-10) & active
-        slot = self.count % self.config.history
-        self.count += 1
-        keep = ok[:, None]
-        self.s[:, slot] = torch.where(keep, s, self.s[:, slot])
-        self.y[:, slot] = torch.where(keep, y, self.y[:, slot])
-        self.rho[:, slot] = torch.where(ok, 1.0 / ys.clamp_min(1e-10), self.rho[:, slot] * 0)
+        rows = ok.nonzero().squeeze(1)
+        slot = self.count[rows] % self.config.history
+        self.s[rows, slot] = s[rows]
+        self.y[rows, slot] = y[rows]
+        self.rho[rows, slot] = 1.0 / ys[rows]
+        self.count += ok.long()
         yy = (y * y).sum(dim=1).clamp_min(1e-30)
         self.h_diag = torch.where(ok, ys / yy, self.h_diag)
 
     def _two_loop(self, q: Tensor) -> Tensor:
-        """H·q by the L-BFGS two-loop recursion over each candidate's history, newest first."""
+        """H·q by the L-BFGS two-loop recursion over each candidate's own history, newest first."""
         m = self.config.history
-        newest = (self.count - 1) % m
-        order = [(newest - i) % m for i in range(min(self.count, m))]
-        alphas = {}
-        for i in order:
-            alphas[i] = (self.s[:, i] * q).sum(dim=1) * self.rho[:, i]
-            q = q - alphas[i][:, None] * self.y[:, i]
+        filled = self.count.clamp(max=m)
+        rows = torch.arange(q.shape[0], device=q.device)
+        pairs = []  # (s, y, rho) of age k for every candidate; rho 0 where it has fewer than k + 1 pairs
+        for k in range(int(filled.max())):
+            slot = (self.count - 1 - k) % m
+            pairs.append((self.s[rows, slot], self.y[rows, slot], self.rho[rows, slot] * (k < filled)))
+        alphas = []
+        for s, y, rho in pairs:
+            alphas.append((s * q).sum(dim=1) * rho)
+            q = q - alphas[-1][:, None] * y
         r = q * self.h_diag[:, None]
-        for i in reversed(order):
-            beta = (self.y[:, i] * r).sum(dim=1) * self.rho[:, i]
-            r = r + self.s[:, i] * (alphas[i] - beta)[:, None]
+        for (s, y, rho), alpha in zip(reversed(pairs), reversed(alphas)):
+            beta = (y * r).sum(dim=1) * rho
+            r = r + s * (alpha - beta)[:, None]
         return r

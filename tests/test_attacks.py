@@ -237,3 +237,57 @@ def test_aware_attack_learns_a_bounded_shift_and_scores_its_own_transform(resnet
     assert results[0].psnr_x == pytest.approx(float(psnr(recon.images[:1], x[:1])), abs=1e-4)
     assert results[0].psnr_tx == pytest.approx(float(psnr(recon.transformed[:1], private.transformed[:1])),
                                                         abs=1e-4)
+
+
+class _Wavy:
+    """N independent non-convex problems on R^8 (a quadratic of condition 10^scale plus a sine ripple),
+    on which L-BFGS rejects curvature pairs and candidates end their iterations at different times."""
+
+    def __init__(self, scales: list[float]):
+        self.a = torch.stack([torch.logspace(0, s, 8) for s in scales])
+        self.c = torch.randn(len(scales), 8, generator=torch.Generator().manual_seed(0))
+
+    def part(self, n: int) -> _Wavy:
+        one = _Wavy([0.0])
+        one.a, one.c = self.a[n : n + 1], self.c[n : n + 1]
+        return one
+
+    def cost(self, z: torch.Tensor, n: int) -> torch.Tensor:
+        d = z - self.c[n]
+        return 0.5 * (self.a[n] * d * d).sum() + 2.0 * torch.sin(3 * z).sum()
+
+    def costs_and_grads(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = z.detach().requires_grad_(True)
+        costs = torch.stack([self.cost(z[n], n) for n in range(z.shape[0])])
+        (g,) = torch.autograd.grad(costs.sum(), z)
+        return costs.detach(), g
+
+
+def test_batched_lbfgs_is_each_candidates_own_run_and_torchs():
+    """Each candidate keeps its own curvature ring: batched, it ends where it ends alone (a rejected pair
+    or another candidate's longer iteration must not cost it a stored pair), and where torch.optim.LBFGS
+    (no line search) ends."""
+    from ats.optim import BatchedLBFGS
+
+    problems = _Wavy([0.5, 1.0, 2.0, 3.0])
+    config = replace(AttackConfig.idlg(), lr=0.5, history=5, inner=20, boxed=False)
+    start = 2 * torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    together = BatchedLBFGS(problems, config, start.clone().requires_grad_(True))
+    for iteration in range(4):
+        together.step(iteration)
+    for n in range(4):
+        alone = BatchedLBFGS(problems.part(n), config, start[n : n + 1].clone().requires_grad_(True))
+        for iteration in range(4):
+            alone.step(iteration)
+        assert torch.allclose(alone.z[0], together.z[n], rtol=0, atol=1e-7), n
+        p = start[n].clone().requires_grad_(True)
+        reference = torch.optim.LBFGS([p], lr=0.5, max_iter=20, history_size=5, line_search_fn=None)
+
+        def closure(n=n, p=p, reference=reference):
+            reference.zero_grad()
+            loss = problems.cost(p, n)
+            loss.backward()
+            return loss
+        for _ in range(4):
+            reference.step(closure)
+        assert torch.allclose(p.detach(), together.z[n].detach(), rtol=0, atol=1e-3), n
