@@ -10,8 +10,11 @@ images produce and the target gradient the client shared:
 * squared L2: Deep Leakage from Gradients (Zhu et al., NeurIPS 2019) and iDLG (Zhao et al., 2020);
 * L1: the Adam+L1 variant of Gao et al.'s Table 2.
 
-All candidates' costs and their gradients come from one `torch.func.vmap(grad_and_value(...))`.
-Images live in the model's normalized input space, as in the original, so that the learning
+All candidates' costs and their gradients come from one `torch.func.vmap(grad_and_value(...))`;
+a single candidate (one image, one restart: what the app and most notebook cells attack) takes
+plain autograd instead, the path of the original Inverting Gradients loop, which costs about half
+of what `vmap` does at N = 1 (`bench/attack_speed.py`). Both give the same cost and gradient to
+float rounding. Images live in the model's normalized input space, as in the original, so that the learning
 rates, TV weight and box mean the same; `to_pixels` maps them back to [0, 1].
 """
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Problem:
     starts: Tensor  # (N, 2) per candidate: the shift it starts from (aware attacks)
     flips: Tensor  # (N,) bool, per candidate: does it assume a flipped image (aware attacks)
     restarts: int  # candidates per group: the config's restarts, 1 once screened (`narrow`)
+    leaves: dict[str, Tensor]  # the parameters as autograd leaves, for the one-candidate path
 
     @classmethod
     def build(cls, model: nn.Module, update: SharedUpdate, config: AttackConfig, *, joint: bool,
@@ -91,6 +95,7 @@ class Problem:
             starts=starts.repeat(groups, 1).to(device),
             flips=flips.repeat(groups).to(device),
             restarts=config.restarts,
+            leaves={n: p.detach().requires_grad_(True) for n, p in model.named_parameters()},
         )
 
     @property
@@ -152,8 +157,12 @@ class Problem:
         return (0 - self.mean) / self.std, (1 - self.mean) / self.std
 
     def candidate_cost(self, v: Tensor, target: tuple[Tensor, ...], labels: Tensor, flip: Tensor,
-                       with_tv: bool = True) -> Tensor:
-        """Gradient-matching cost of one candidate (+ TV): the attack's objective."""
+                       with_tv: bool = True, plain: bool = False) -> Tensor:
+        """Gradient-matching cost of one candidate (+ TV): the attack's objective.
+
+        The trial gradient comes from `torch.func.grad` (composable with `vmap`), or, with `plain`,
+        from `torch.autograd.grad(..., create_graph=True)` on the parameters as leaves.
+        """
         images, logits = self.unpack(v)
         pixels = images * self.std + self.mean
         if self.config.aware:
@@ -168,19 +177,38 @@ class Problem:
                 loss = -(torch.softmax(logits, dim=-1) * logp).sum(-1).mean()
             return 0.5 * loss if self.half else loss
 
-        trial = grad(loss_of)(self.params)
-        cost = _COST[self.config.cost](tuple(trial.values()), target)
+        if plain:
+            trial = torch.autograd.grad(loss_of(self.leaves), tuple(self.leaves.values()),
+                                        create_graph=True, materialize_grads=True)
+        else:
+            trial = tuple(grad(loss_of)(self.params).values())
+        cost = _COST[self.config.cost](trial, target)
         if with_tv and self.config.tv > 0:
             cost = cost + self.config.tv * total_variation(images)
         return cost
 
-    def costs_and_grads(self, z: Tensor, with_tv: bool = True) -> tuple[Tensor, Tensor]:
-        """All candidates' costs (N,) and their gradients w.r.t. the variables (N, D), batched."""
-        index = self.group_of()
+    def costs_and_grads(self, z: Tensor, with_tv: bool = True,
+                        rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Candidates' costs (N,) and their gradients w.r.t. the variables (N, D).
+
+        `rows` (indices) evaluates only those candidates: (len(rows),) and (len(rows), D). Several
+        candidates go through one `vmap`; a single one through plain autograd.
+        """
+        index, z = self.group_of(), z.detach()
+        flips = self.flips
+        if rows is not None:
+            index, z, flips = index[rows], z[rows], flips[rows]
         targets = tuple(t[index] for t in self.targets)
         labels = self.labels[index]
+        if z.shape[0] == 1:
+            with torch.enable_grad():
+                v = z[0].clone().requires_grad_(True)
+                cost = self.candidate_cost(v, tuple(t[0] for t in targets), labels[0], flips[0], with_tv,
+                                           plain=True)
+                (g,) = torch.autograd.grad(cost, v)
+            return cost.detach()[None], g[None]
         fn = grad_and_value(lambda v, t, y, f: self.candidate_cost(v, t, y, f, with_tv))
-        grads, costs = vmap(fn)(z.detach(), targets, labels, self.flips)
+        grads, costs = vmap(fn)(z, targets, labels, flips)
         return costs, grads
 
 

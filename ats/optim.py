@@ -122,23 +122,38 @@ class BatchedLBFGS(Stepper):
         self.alive = torch.ones(n, dtype=torch.bool, device=z.device)  # not failed, not converged
         self.finite = torch.ones(n, dtype=torch.bool, device=z.device)
         self.count = torch.zeros(n, dtype=torch.long, device=z.device)  # pairs each candidate stored
+        self.costs = torch.full((n,), float("nan"), device=z.device)  # each one's cost at its last evaluation
 
     def step(self, iteration: int) -> Tensor:
-        """One L-BFGS iteration for every candidate; returns the costs (N,) it started from."""
+        """One L-BFGS iteration for every candidate; returns the costs (N,) it started from.
+
+        Only the candidates still in their iteration are evaluated: one that has converged, failed
+        or ended its iteration early costs nothing more, as in torch's loop run one at a time."""
+        n = self.z.shape[0]
         active = self.alive.clone()
         first_costs = None
-        previous = torch.full((self.z.shape[0],), float("inf"), device=self.z.device)
-        for _ in range(self.config.inner):
-            costs, g = self.problem.costs_and_grads(self.z)
+        previous = torch.full((n,), float("inf"), device=self.z.device)
+        costs = self.costs.clone()
+        g = torch.zeros_like(self.z.detach())
+        # torch also caps an iteration's evaluations at max_eval = max_iter·5//4, which leaves
+        # max_iter = 2 or 3 one update short (the evaluation after it is thrown away)
+        updates = min(self.config.inner, max(1, self.config.inner * 5 // 4 - 1))
+        for _ in range(updates):
+            rows = active.nonzero().squeeze(1)
+            if rows.numel():
+                costs[rows], g[rows] = self.problem.costs_and_grads(self.z, rows=rows)
+            evaluated = torch.zeros_like(active)
+            evaluated[rows] = True
             finite = torch.isfinite(costs) & torch.isfinite(g).all(dim=1)
-            self.finite &= finite
-            self.alive &= finite
+            self.finite &= finite | ~evaluated
+            self.alive &= self.finite
+            self.costs = torch.where(evaluated, costs, self.costs)
             if first_costs is None:
-                first_costs = torch.where(self.finite, costs.detach(), torch.full_like(costs, float("nan")))
+                first_costs = torch.where(self.finite, self.costs, torch.full_like(costs, float("nan")))
             g = torch.where(self.alive[:, None], g, torch.zeros_like(g))
-            self.alive &= g.abs().amax(dim=1) > 1e-7  # torch's tolerance_grad
+            self.alive &= (g.abs().amax(dim=1) > 1e-7) | ~evaluated  # torch's tolerance_grad
             active &= self.alive & ((costs - previous).abs() >= 1e-9)  # tolerance_change on the loss
-            previous = costs.detach()
+            previous = costs.clone()
             if not bool(active.any()):
                 break
             direction, t = self._direction(g, costs, active)
@@ -156,7 +171,7 @@ class BatchedLBFGS(Stepper):
         return first_costs
 
     def narrow(self, index: Tensor, problem: Problem) -> Tensor:
-        for name in ("s", "y", "rho", "h_diag", "prev_step", "alive", "finite", "count"):
+        for name in ("s", "y", "rho", "h_diag", "prev_step", "alive", "finite", "count", "costs"):
             setattr(self, name, getattr(self, name)[index])
         if self.prev_grad is not None:
             self.prev_grad = self.prev_grad[index]

@@ -12,7 +12,8 @@ from ats.aware import warp
 from ats.federated import client_update
 from ats.metrics import psnr
 from ats.models import build_model, input_stats
-from ats.reference import invert_gradient_sequential
+from ats.aware import shift_hypotheses
+from ats.reference import invert_gradient_sequential, invert_lbfgs_sequential
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,71 @@ def test_batched_engine_matches_plain_autograd_loop(resnet, image_batch):
         image, cost = min(runs, key=lambda run: run[1])
         assert torch.allclose(batched.images[b], image[0], atol=1e-4)
         assert batched.loss[b] == pytest.approx(cost, abs=1e-4)
+
+
+def test_batched_aware_attack_matches_its_plain_loop(lenet, image_batch):
+    """2 images × 4 hypotheses (flip, shift signs) of the aware attacker == 8 plain loops that
+    learn the image and the shift with ordinary autograd: the baseline `bench/` times it against."""
+    x, y = image_batch[0][:2], image_batch[1][:2]
+    update = client_update(lenet, x, y, "3-1-7", crop_flip=True, per_example=True,
+                           generator=torch.Generator().manual_seed(0)).shared
+    config = replace(AttackConfig.aware_ig(), iterations=5, restarts=4, signed=False, lr=0.01)
+    init = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    batched = reconstruct(lenet, update, config, init=init, policy="3-1-7", crop_flip=True)
+    reach, starts, flips = shift_hypotheses("3-1-7", True, 4, 32)
+    assert flips.any() and not flips.all()
+    for b in range(2):
+        target = tuple(g[b] for g in update.gradients)
+        runs = [invert_gradient_sequential(lenet, target, y[b:b + 1], init[4 * b + r][None], replace(config, restarts=1),
+                                           start=starts[r], flip=bool(flips[r]), reach=reach) for r in range(4)]
+        image, cost = min(runs, key=lambda run: run[1])
+        assert torch.allclose(batched.images[b], image[0], atol=1e-4)
+        assert batched.loss[b] == pytest.approx(cost, rel=1e-4)
+    with pytest.raises(ValueError, match="starting shift"):
+        invert_gradient_sequential(lenet, target, y[:1], init[:1], config)
+
+
+def test_batched_idlg_matches_torchs_lbfgs_loop_while_it_is_not_chaotic(lenet, image_batch):
+    """Batched iDLG == `torch.optim.LBFGS` on each image for the first evaluations. Later they part:
+    DLG's lr-1 L-BFGS is chaotic (a 1e-7 change of the start moves pixels by 0.4 after 20
+    evaluations, in torch's own loop), so longer runs are compared by their PSNR, in `bench/`."""
+    x, y = image_batch[0][:2], image_batch[1][:2]
+    update = client_update(lenet, x, y, per_example=True).shared
+    config = replace(AttackConfig.idlg(), iterations=2, inner=3)
+    init = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    batched = reconstruct(lenet, update, config, init=init)
+    for b in range(2):
+        image, cost, evaluations = invert_lbfgs_sequential(lenet, tuple(g[b] for g in update.gradients), y[b:b + 1],
+                                                           init[b][None], config)
+        assert evaluations <= 6
+        assert torch.allclose(batched.images[b], image[0], atol=1e-3)
+        assert batched.loss[b] == pytest.approx(cost, rel=1e-3)
+    with pytest.raises(ValueError, match="iDLG"):
+        invert_lbfgs_sequential(lenet, tuple(g[0] for g in update.gradients), y[:1], init[:1], AttackConfig.ig())
+
+
+@pytest.mark.parametrize("preset", ["ig", "dlg", "aware"])
+def test_one_candidate_takes_plain_autograd_and_agrees_with_vmap(lenet, image_batch, preset):
+    """A single candidate is evaluated by plain autograd (the fast path at N = 1), every other count
+    by one vmap: the two give the same cost and gradient, for known, joint and aware variables."""
+    from ats.objective import Problem
+
+    x, y = image_batch[0][:2], image_batch[1][:2]
+    update, private = client_update(lenet, x, y, "3-1-7" if preset == "aware" else "none", crop_flip=False,
+                                    per_example=True, generator=torch.Generator().manual_seed(0))
+    config = replace(AttackConfig.preset(preset), restarts=2)
+    problem = Problem.build(lenet, update, config, joint=False, policy=private.policy, crop_flip=False)
+    z = problem.initial(torch.Generator().manual_seed(2), None)
+    costs, grads = problem.costs_and_grads(z)  # (4,) through vmap
+    for n in range(4):
+        cost, g = problem.costs_and_grads(z, rows=torch.tensor([n]))  # through plain autograd
+        assert cost.shape == (1,) and g.shape == (1, problem.size)
+        assert torch.allclose(cost, costs[n : n + 1], rtol=1e-5, atol=1e-7)
+        assert torch.allclose(g, grads[n : n + 1], rtol=1e-3, atol=1e-5 * float(grads[n].abs().max()))
+    pair, pair_grads = problem.costs_and_grads(z, rows=torch.tensor([3, 0]))  # a subset, in its order
+    assert torch.allclose(pair, costs[[3, 0]], rtol=1e-5) and torch.allclose(pair_grads, grads[[3, 0]], rtol=1e-3, atol=1e-5 * float(grads.abs().max()))
+    assert problem.leaves.keys() == problem.params.keys()
+    assert all(p.grad is None for p in lenet.parameters())  # the model's own parameters untouched
 
 
 def test_ig_lowers_the_cost_and_snapshots_stream(resnet, image_batch):
@@ -202,7 +268,8 @@ def test_screening_keeps_each_targets_cheapest_restart_and_its_optimizer_state(l
     evaluated = []
     original = Problem.costs_and_grads
     monkeypatch.setattr(Problem, "costs_and_grads",
-                        lambda self, z, with_tv=True: evaluated.append(z.shape[0]) or original(self, z, with_tv))
+                        lambda self, z, with_tv=True, rows=None:
+                        evaluated.append(z.shape[0] if rows is None else len(rows)) or original(self, z, with_tv, rows))
     full = reconstruct(lenet, update, full_config, init=init)
     full_count, evaluated[:] = sum(evaluated), []
     screened = reconstruct(lenet, update, replace(full_config, screen=2), init=init)
@@ -246,6 +313,7 @@ class _Wavy:
     def __init__(self, scales: list[float]):
         self.a = torch.stack([torch.logspace(0, s, 8) for s in scales])
         self.c = torch.randn(len(scales), 8, generator=torch.Generator().manual_seed(0))
+        self.evaluations = torch.zeros(len(scales), dtype=torch.long)  # per problem
 
     def part(self, n: int) -> _Wavy:
         one = _Wavy([0.0])
@@ -256,17 +324,21 @@ class _Wavy:
         d = z - self.c[n]
         return 0.5 * (self.a[n] * d * d).sum() + 2.0 * torch.sin(3 * z).sum()
 
-    def costs_and_grads(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = z.detach().requires_grad_(True)
-        costs = torch.stack([self.cost(z[n], n) for n in range(z.shape[0])])
+    def costs_and_grads(self, z: torch.Tensor, with_tv: bool = True,
+                        rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.arange(z.shape[0]) if rows is None else rows
+        z = z.detach()[rows].requires_grad_(True)
+        costs = torch.stack([self.cost(v, int(n)) for v, n in zip(z, rows)])
         (g,) = torch.autograd.grad(costs.sum(), z)
+        self.evaluations[rows] += 1
         return costs.detach(), g
 
 
 def test_batched_lbfgs_is_each_candidates_own_run_and_torchs():
     """Each candidate keeps its own curvature ring: batched, it ends where it ends alone (a rejected pair
     or another candidate's longer iteration must not cost it a stored pair), and where torch.optim.LBFGS
-    (no line search) ends."""
+    (no line search) ends; and it is evaluated as often as alone: a candidate whose iteration has
+    ended costs no evaluation while the others go on."""
     from ats.optim import BatchedLBFGS
 
     problems = _Wavy([0.5, 1.0, 2.0, 3.0])
@@ -276,7 +348,8 @@ def test_batched_lbfgs_is_each_candidates_own_run_and_torchs():
     for iteration in range(4):
         together.step(iteration)
     for n in range(4):
-        alone = BatchedLBFGS(problems.part(n), config, start[n : n + 1].clone().requires_grad_(True))
+        part = problems.part(n)
+        alone = BatchedLBFGS(part, config, start[n : n + 1].clone().requires_grad_(True))
         for iteration in range(4):
             alone.step(iteration)
         assert torch.allclose(alone.z[0], together.z[n], rtol=0, atol=1e-7), n
@@ -291,3 +364,5 @@ def test_batched_lbfgs_is_each_candidates_own_run_and_torchs():
         for _ in range(4):
             reference.step(closure)
         assert torch.allclose(p.detach(), together.z[n].detach(), rtol=0, atol=1e-3), n
+        assert int(problems.evaluations[n]) == int(part.evaluations[0]) <= 4 * 20, n
+    assert len(set(problems.evaluations.tolist())) > 1  # the candidates did stop at different times
