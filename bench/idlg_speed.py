@@ -56,9 +56,9 @@ class Counting(Problem):
 
     calls = 0
 
-    def costs_and_grads(self, z, with_tv=True):
+    def costs_and_grads(self, z, with_tv=True, rows=None):
         Counting.calls += 1
-        return super().costs_and_grads(z, with_tv)
+        return super().costs_and_grads(z, with_tv, rows)
 
 
 def main() -> None:
