@@ -46,10 +46,9 @@ class RestartTracker:
         """Record one iteration: the states `z` (N, D) and their costs (N,), NaN where non-finite."""
         self.iteration += 1
         finite = torch.isfinite(cost)
-        newly = ~finite & (self.failed_at == 0)
-        self.failed_at[newly] = self.iteration
+        self.failed_at = torch.where(~finite & (self.failed_at == 0), self.iteration, self.failed_at)
         ok = finite & (self.failed_at == 0)
-        self.last_good[ok] = z.detach()[ok]
+        self.last_good = torch.where(ok[:, None], z.detach(), self.last_good)  # no index: no host sync
         self.cost = torch.where(ok, cost, self.cost)
         if self.iteration == 1:
             self.initial = torch.where(ok, cost, self.initial)

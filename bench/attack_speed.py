@@ -1,96 +1,215 @@
-"""Batched vs sequential attacks: B images × R restarts in one `torch.func` call, vs one at a time.
+"""Our attack engine against the plain one-at-a-time loop, per model, attack and size.
 
-Both run in this process on the same model, gradients and starting points: the batched engine
-(`ats.attacks.reconstruct`) and the plain autograd loop of Inverting Gradients
-(`ats.reference.invert_gradient_sequential`). Prints the speed ratio and how well they agree.
+For every model, attack and size (B images × R restarts), in this process, on the same model,
+gradients and starting points:
 
-    python bench/attack_speed.py --model resnet20 --images 8 --restarts 4 --iterations 50
+* ours: `ats.attacks.reconstruct` on all B·R candidates at once (plain autograd when there is one
+  candidate, one `torch.func.vmap` when there are more);
+* reference: `ats.reference`'s plain loop run B·R times, one after the other, each image's restart
+  picked by its final cost as the engine does: Inverting Gradients' own loop (ig), the same loop
+  learning the policy-aware attacker's shift (aware), iDLG's `torch.optim.LBFGS` loop (idlg).
+
+It prints the time per iteration of the whole job (all B·R candidates; the faster of `--repeats`
+interleaved runs of each side), the ratio
+reference / ours (above 1: ours is faster), the mean PSNR against x of each and their difference,
+and, for L-BFGS, the gradient evaluations per candidate. One untrained model (seed 0) per row.
+
+    python bench/attack_speed.py                                   # LeNet and ResNet20, every size
+    python bench/attack_speed.py --models resnet20 --sizes 1x1:200 # the one-image figure, 200 steps
+    python bench/attack_speed.py --models resnet20-4,convnet --sizes 1x1,8x1 --iterations 5 --json
+
+A size is `BxR` or `BxR:T` (T iterations for that size, overriding `--iterations`). The images are
+the CIFAR-100 attack set (`ATS_DATA_DIR`) or, without it, the bundled sample photos.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
-from dataclasses import replace
+import warnings
+from dataclasses import dataclass, replace
 
 import torch
 
 from ats import attacks, data, models
+from ats.aware import shift_hypotheses
 from ats.federated import client_update
 from ats.metrics import psnr
-from ats.reference import invert_gradient_sequential
+from ats.reference import invert_gradient_sequential, invert_lbfgs_sequential
 from ats.runtime import describe_device, make_generator, pick_device
 
+ATTACKS = ("ig", "idlg", "aware")
+AWARE_POLICY = "3-1-7"  # translateX 0.45, contrast, translateY 0.10: shifts for the aware attacker to learn
+DEFAULT_SIZES = "1x1:200,1x4,8x1,8x4,32x1"
 
-def main() -> None:
+
+@dataclass(frozen=True)
+class Size:
+    images: int
+    restarts: int
+    iterations: int | None  # None: --iterations
+
+    @classmethod
+    def parse(cls, text: str) -> Size:
+        shape, _, steps = text.partition(":")
+        try:
+            b, r = (int(v) for v in shape.lower().split("x"))
+            t = int(steps) if steps else None
+        except ValueError:
+            raise SystemExit(f"a size is BxR or BxR:T (images × restarts, iterations), got {text!r}") from None
+        if b < 1 or r < 1 or (t is not None and t < 1):
+            raise SystemExit(f"sizes must be positive, got {text!r}")
+        return cls(b, r, t)
+
+
+class Counted(attacks.Problem):
+    """A Problem that counts the candidate-evaluations it makes (L-BFGS stops candidates early)."""
+
+    evaluations = 0
+
+    def costs_and_grads(self, z, with_tv=True, rows=None):
+        Counted.evaluations += z.shape[0] if rows is None else len(rows)
+        return super().costs_and_grads(z, with_tv, rows)
+
+
+def config_for(attack: str, restarts: int, iterations: int) -> attacks.AttackConfig:
+    base = {"ig": attacks.AttackConfig.ig, "idlg": attacks.AttackConfig.idlg, "aware": attacks.AttackConfig.aware_ig}
+    return replace(base[attack](), iterations=iterations, restarts=restarts)
+
+
+def run_ours(model, shared, config, init, attack: str) -> tuple[float, torch.Tensor, int]:
+    """Seconds, final images (B, 3, H, W) and candidate-evaluations of the batched engine."""
+    known = {"policy": AWARE_POLICY, "crop_flip": True} if attack == "aware" else {}
+    engine, Counted.evaluations = attacks.Problem, 0
+    attacks.Problem = Counted
+    try:
+        begun = time.perf_counter()
+        result = attacks.reconstruct(model, shared, config, init=init, **known)
+        _sync(init.device)
+        return time.perf_counter() - begun, result.images, Counted.evaluations
+    finally:
+        attacks.Problem = engine
+
+
+def run_reference(model, shared, y, config, init, attack: str,
+                  images: int | None = None) -> tuple[float, torch.Tensor, int]:
+    """The same B·R attacks one at a time with the plain loop; each image keeps its cheapest restart.
+    `images`: only the first that many (a warm-up)."""
+    single, r = replace(config, restarts=1), config.restarts
+    reach, starts, flips = shift_hypotheses(AWARE_POLICY, True, r, init.shape[-1])
+    begun, evaluations, best = time.perf_counter(), 0, []
+    for b in range(images or shared.batch_size):
+        target = tuple(g[b] for g in shared.gradients)
+        runs = []
+        for k in range(r):
+            start = init[b * r + k][None]
+            if attack == "idlg":
+                image, cost, made = invert_lbfgs_sequential(model, target, y[b : b + 1], start, single)
+                evaluations += made
+            elif attack == "aware":
+                image, cost = invert_gradient_sequential(model, target, y[b : b + 1], start, single, start=starts[k],
+                                                         flip=bool(flips[k]), reach=reach)
+            else:
+                image, cost = invert_gradient_sequential(model, target, y[b : b + 1], start, single)
+            runs.append((image, cost))
+        best.append(min(runs, key=lambda run: run[1])[0])
+    _sync(init.device)
+    return time.perf_counter() - begun, torch.cat(best).cpu(), evaluations
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(arch: str, attack: str, size: Size, iterations: int, images, device, seed: int, repeats: int = 1) -> dict:
+    """One row: ours against the reference at one model, attack and size."""
+    model = models.build_model(arch, 100, seed=seed).to(device).eval()
+    x, y = images.batch(list(range(size.images)))
+    x, y = x.to(device), y.to(device)
+    policy = AWARE_POLICY if attack == "aware" else "none"
+    shared = client_update(model, x, y, policy, crop_flip=attack == "aware", per_example=True,
+                           generator=make_generator(seed)).shared
+    steps = size.iterations or iterations
+    config = config_for(attack, size.restarts, steps)
+    n = size.images * size.restarts
+    init = torch.randn(n, 3, *x.shape[-2:], generator=make_generator(seed + 1, device), device=device)
+    run_ours(model, shared, replace(config, iterations=1), init, attack)  # warm-up, both
+    run_reference(model, shared, y, replace(config, iterations=1), init, attack, images=1)
+    t_ours = t_ref = float("inf")
+    for _ in range(repeats):  # interleaved, the fastest of each: this machine's noise is ±10 %
+        seconds, ours, evals_ours = run_ours(model, shared, config, init, attack)
+        t_ours = min(t_ours, seconds)
+        seconds, reference, evals_ref = run_reference(model, shared, y, config, init, attack)
+        t_ref = min(t_ref, seconds)
+    p_ours, p_ref = psnr(ours, x.cpu()), psnr(reference, x.cpu())
+    row = {
+        "model": arch,
+        "attack": attack,
+        "images": size.images,
+        "restarts": size.restarts,
+        "iterations": steps,
+        "repeats": repeats,
+        "ours_ms": round(1000 * t_ours / steps, 2),
+        "reference_ms": round(1000 * t_ref / steps, 2),
+        "ratio": round(t_ref / t_ours, 2),
+        "psnr_delta": round(float(p_ours.mean() - p_ref.mean()), 3),
+        "psnr_ours": round(float(p_ours.mean()), 2),
+        "psnr_reference": round(float(p_ref.mean()), 2),
+        "max_abs_psnr_difference": round(float((p_ours - p_ref).abs().max()), 3),
+    }
+    if attack == "idlg":  # evaluations per candidate: L-BFGS stops converged candidates early
+        row["evaluations_ours"] = round(evals_ours / n, 1)
+        row["evaluations_reference"] = round(evals_ref / n, 1)
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--images", type=int, default=8)
-    p.add_argument("--restarts", type=int, default=4)
-    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--models", default="lenet,resnet20", help="comma list: lenet, resnet20, resnet20-4, convnet, ...")
+    p.add_argument("--attacks", default="ig,idlg,aware", help=f"comma list of {', '.join(ATTACKS)}")
+    p.add_argument("--sizes", default=DEFAULT_SIZES, help="comma list of BxR or BxR:T (images × restarts[:iterations])")
+    p.add_argument("--iterations", type=int, default=20, help="iterations for sizes without their own")
+    p.add_argument("--idlg-models", default="lenet", help="models iDLG runs on (its sigmoid LeNet is DLG's own)")
+    p.add_argument("--repeats", type=int, default=2, help="times each side runs, interleaved; the fastest counts")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args()
-
+    p.add_argument("--json", action="store_true", help="print the rows as one JSON list")
+    args = p.parse_args(argv)
+    chosen = [a for a in args.attacks.split(",") if a]
+    if unknown := [a for a in chosen if a not in ATTACKS]:
+        raise SystemExit(f"unknown attacks {unknown}: choose from {', '.join(ATTACKS)}")
+    sizes = [Size.parse(s) for s in args.sizes.split(",") if s]
     device = pick_device(args.device)
-    model = models.build_model(args.model, 100, seed=args.seed).to(device).eval()
-    x, y = data.load_dataset("cifar100", "test").batch(list(range(args.images)))
-    x, y = x.to(device), y.to(device)
-    update = client_update(model, x, y, per_example=True).shared
-    config = replace(attacks.AttackConfig.ig(), iterations=args.iterations, restarts=args.restarts)
-    n = args.images * args.restarts
-    init = torch.randn(n, 3, 32, 32, generator=make_generator(args.seed, device), device=device)
-
-    attacks.reconstruct(model, update, replace(config, iterations=2), init=init)  # warm-up
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    batched = attacks.reconstruct(model, update, config, init=init, )
-    sync()
-    t_batched = time.perf_counter() - start
-
-    # The same N attacks one at a time, restarts chosen by final cost as the batched engine does.
-    single = replace(config, restarts=1)
-    start = time.perf_counter()
-    best = []
-    for b in range(args.images):
-        target = tuple(g[b] for g in update.gradients)
-        runs = [invert_gradient_sequential(model, target, y[b:b + 1], init[b * args.restarts + r][None], single)
-                for r in range(args.restarts)]
-        best.append(min(runs, key=lambda run: run[1])[0])
-    sync()
-    t_sequential = time.perf_counter() - start
-    sequential = torch.cat(best).cpu()
-
-    # Exactness: without the sign (which turns rounding noise into ±lr steps) the two agree to
-    # float precision, step for step.
-    exact = replace(config, iterations=5, signed=False, lr=0.01)
-    strict = attacks.reconstruct(model, update, replace(exact, restarts=1), init=init[:: args.restarts])
-    strict_seq = torch.cat([invert_gradient_sequential(model, tuple(g[b] for g in update.gradients), y[b:b + 1],
-                                                       init[b * args.restarts][None], replace(exact, restarts=1))[0]
-                            for b in range(args.images)]).cpu()
-
-    p_batched = psnr(batched.images, x.cpu())
-    p_sequential = psnr(sequential, x.cpu())
-    result = {
-        "device": describe_device(device),
-        "model": args.model,
-        "attacks": f"{args.images} images × {args.restarts} restarts × {args.iterations} iterations",
-        "seconds_batched": round(t_batched, 3),
-        "seconds_sequential": round(t_sequential, 3),
-        "speedup": round(t_sequential / t_batched, 2),
-        "psnr_x_batched_mean": round(float(p_batched.mean()), 3),
-        "psnr_x_sequential_mean": round(float(p_sequential.mean()), 3),
-        "max_abs_psnr_x_difference": round(float((p_batched - p_sequential).abs().max()), 4),
-        "max_abs_pixel_difference": round(float((batched.images - sequential).abs().max()), 5),
-        "unsigned_5_steps_max_abs_pixel_difference": float(f"{float((strict.images - strict_seq).abs().max()):.2e}"),
-    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        images = data.attack_images(max(s.images for s in sizes))
+    if len(images) < max(s.images for s in sizes):
+        raise SystemExit(f"only {len(images)} images found (set ATS_DATA_DIR to a CIFAR-100 copy for more)")
+    if not args.json:
+        print(f"{describe_device(device)}, {torch.get_num_threads()} threads, images: {images.name}")
+        print(f"{'model':>10} {'attack':>6} {'B×R':>6} {'its':>4} | {'ours ms/it':>10} {'ref ms/it':>10} "
+              f"{'ratio':>6} | {'PSNR ours':>9} {'ref':>6} {'Δ':>6}")
+    rows = []
+    for arch in [m for m in args.models.split(",") if m]:
+        for attack in chosen:
+            if attack == "idlg" and arch not in args.idlg_models.split(","):
+                continue
+            for size in sizes:
+                row = measure(arch, attack, size, args.iterations, images, device, args.seed, max(1, args.repeats))
+                rows.append(row)
+                if not args.json:
+                    extra = (f"  evaluations/candidate {row['evaluations_ours']} vs {row['evaluations_reference']}"
+                             if attack == "idlg" else "")
+                    print(f"{arch:>10} {attack:>6} {size.images:>3}×{size.restarts:<2} {row['iterations']:>4} | "
+                          f"{row['ours_ms']:>10.1f} {row['reference_ms']:>10.1f} {row['ratio']:>6.2f} | "
+                          f"{row['psnr_ours']:>9.2f} {row['psnr_reference']:>6.2f} {row['psnr_delta']:>+6.2f}{extra}",
+                          flush=True)
     if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>26}: {value}")
+        json.dump(rows, sys.stdout)
+        print()
+    return rows
 
 
 if __name__ == "__main__":
