@@ -43,6 +43,7 @@ from ats.objective import Problem, total_variation
 from ats.optim import Stepper, lr_milestones, make_stepper
 from ats.policy import Hybrid, Policy
 from ats.restarts import DIVERGED, RestartTracker
+from ats.runtime import PRECISIONS, precision
 
 __all__ = ["AttackConfig", "COSTS", "DIVERGED", "INITS", "LABEL_MODES", "OPTIMIZERS", "PRESETS",
            "Reconstruction", "iter_reconstruct", "lr_milestones", "reconstruct", "shift_hypotheses",
@@ -75,6 +76,7 @@ class AttackConfig:
     inner: int = 20  # lbfgs only: evaluations per iteration (torch's max_iter)
     aware: bool = False  # also learn the policy's translation (and flip, over restart pairs)
     screen: int = 0  # restarts > 1: after this many iterations only each target's cheapest restart goes on
+    precision: str = "float32"  # float32 (TF32 off) or tf32 (CUDA only): ats.runtime.precision
 
     def __post_init__(self) -> None:
         for value, allowed, what in (
@@ -82,6 +84,7 @@ class AttackConfig:
             (self.optimizer, OPTIMIZERS, "optimizer"),
             (self.labels, LABEL_MODES, "labels"),
             (self.init, INITS, "init"),
+            (self.precision, PRECISIONS, "precision"),
         ):
             if value not in allowed:
                 raise ValueError(f"attack {what} {value!r} is not one of {', '.join(allowed)}")
@@ -244,13 +247,16 @@ def iter_reconstruct(model: nn.Module, update: SharedUpdate, config: AttackConfi
     every = config.iterations if every <= 0 else every
     for iteration in range(1, config.iterations + 1):
         before = z.detach().clone()  # the costs `step` returns are those of this state
-        best.track(before, stepper.step(iteration))
+        with precision(config.precision):  # per step: nothing leaks out between yields
+            costs = stepper.step(iteration)
+        best.track(before, costs)
         final = iteration == config.iterations or best.all_failed
         if config.screened and iteration == config.screen and not final:
             problem, best, z = _screen(problem, best, stepper)
         if iteration % every == 0 or final:
             if final:
-                best.rescore(problem, z)  # pick the restart by its cost without TV
+                with precision(config.precision):
+                    best.rescore(problem, z)  # pick the restart by its cost without TV
             snapshot = _snapshot(problem, best, iteration, time.perf_counter() - started, final)
             history.append((iteration, tuple(snapshot.loss.tolist())))
             yield replace(snapshot, history=tuple(history))

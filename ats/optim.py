@@ -203,17 +203,24 @@ class BatchedLBFGS(Stepper):
         """H·q by the L-BFGS two-loop recursion over each candidate's own history, newest first."""
         m = self.config.history
         filled = self.count.clamp(max=m)
-        rows = torch.arange(q.shape[0], device=q.device)
+        newest = int(self.count.max())
         pairs = []  # (s, y, rho) of age k for every candidate; rho 0 where it has fewer than k + 1 pairs
-        for k in range(int(filled.max())):
-            slot = (self.count - 1 - k) % m
-            pairs.append((self.s[rows, slot], self.y[rows, slot], self.rho[rows, slot] * (k < filled)))
+        if bool((self.count == newest).all()):  # in step (one candidate, or none rejected a pair): views
+            for k in range(min(newest, m)):
+                slot = (newest - 1 - k) % m
+                pairs.append((self.s[:, slot], self.y[:, slot], self.rho[:, slot]))
+        else:
+            rows = torch.arange(q.shape[0], device=q.device)
+            for k in range(int(filled.max())):
+                slot = (self.count - 1 - k) % m
+                pairs.append((self.s[rows, slot], self.y[rows, slot], self.rho[rows, slot] * (k < filled)))
         alphas = []
+        q = q.clone()
         for s, y, rho in pairs:
-            alphas.append((s * q).sum(dim=1) * rho)
-            q = q - alphas[-1][:, None] * y
-        r = q * self.h_diag[:, None]
+            alphas.append(torch.linalg.vecdot(s, q) * rho)
+            q.addcmul_(alphas[-1].unsqueeze(1), y, value=-1)
+        r = q.mul_(self.h_diag.unsqueeze(1))
         for (s, y, rho), alpha in zip(reversed(pairs), reversed(alphas)):
-            beta = (y * r).sum(dim=1) * rho
-            r = r + s * (alpha - beta)[:, None]
+            beta = torch.linalg.vecdot(y, r) * rho
+            r.addcmul_((alpha - beta).unsqueeze(1), s)
         return r

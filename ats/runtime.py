@@ -8,6 +8,8 @@ from __future__ import annotations
 import operator
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("float32", "tf32")
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -48,6 +51,28 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     generator.manual_seed(value)
     return generator
 
+
+@contextmanager
+def precision(mode: str = "float32") -> Iterator[None]:
+    """The arithmetic of the code inside, restored on exit: TF32 is an option, never the default.
+
+    * "float32": plain float32 everywhere, CUDA's TF32 off for matrix products and cuDNN
+      convolutions (torch itself leaves TF32 on for cuDNN convolutions by default);
+    * "tf32": TF32 matrix products and convolutions on CUDA (Ampere and later, 10-bit mantissa);
+      no effect on the CPU.
+
+    Mixed precision (autocast) is not offered: bfloat16 autocast fails inside `torch.func.vmap`'s
+    batch norm (torch 2.14), and gradient matching compares cosines to ~1e-3, near bfloat16's
+    resolution. `bench/attack_speed.py --precision tf32` measures what TF32 does to time and PSNR.
+    """
+    if mode not in PRECISIONS:
+        raise ValueError(f"precision {mode!r} is not one of {', '.join(PRECISIONS)}")
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch's global RNGs (for model initialisation in scripts)."""

@@ -37,7 +37,7 @@ from ats.aware import shift_hypotheses
 from ats.federated import client_update
 from ats.metrics import psnr
 from ats.reference import invert_gradient_sequential, invert_lbfgs_sequential
-from ats.runtime import describe_device, make_generator, pick_device
+from ats.runtime import PRECISIONS, describe_device, make_generator, pick_device, precision
 
 ATTACKS = ("ig", "idlg", "aware")
 AWARE_POLICY = "3-1-7"  # translateX 0.45, contrast, translateY 0.10: shifts for the aware attacker to learn
@@ -78,14 +78,14 @@ def config_for(attack: str, restarts: int, iterations: int) -> attacks.AttackCon
     return replace(base[attack](), iterations=iterations, restarts=restarts)
 
 
-def run_ours(model, shared, config, init, attack: str) -> tuple[float, torch.Tensor, int]:
+def run_ours(model, shared, config, init, attack: str, mode: str = "float32") -> tuple[float, torch.Tensor, int]:
     """Seconds, final images (B, 3, H, W) and candidate-evaluations of the batched engine."""
     known = {"policy": AWARE_POLICY, "crop_flip": True} if attack == "aware" else {}
     engine, Counted.evaluations = attacks.Problem, 0
     attacks.Problem = Counted
     try:
         begun = time.perf_counter()
-        result = attacks.reconstruct(model, shared, config, init=init, **known)
+        result = attacks.reconstruct(model, shared, replace(config, precision=mode), init=init, **known)
         _sync(init.device)
         return time.perf_counter() - begun, result.images, Counted.evaluations
     finally:
@@ -118,12 +118,19 @@ def run_reference(model, shared, y, config, init, attack: str,
     return time.perf_counter() - begun, torch.cat(best).cpu(), evaluations
 
 
+def run_reference_exact(*args, **kwargs):
+    """`run_reference` in plain float32 (TF32 off), whatever the engine's `--precision`."""
+    with precision("float32"):
+        return run_reference(*args, **kwargs)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def measure(arch: str, attack: str, size: Size, iterations: int, images, device, seed: int, repeats: int = 1) -> dict:
+def measure(arch: str, attack: str, size: Size, iterations: int, images, device, seed: int, repeats: int = 1,
+            mode: str = "float32") -> dict:
     """One row: ours against the reference at one model, attack and size."""
     model = models.build_model(arch, 100, seed=seed).to(device).eval()
     x, y = images.batch(list(range(size.images)))
@@ -135,13 +142,13 @@ def measure(arch: str, attack: str, size: Size, iterations: int, images, device,
     config = config_for(attack, size.restarts, steps)
     n = size.images * size.restarts
     init = torch.randn(n, 3, *x.shape[-2:], generator=make_generator(seed + 1, device), device=device)
-    run_ours(model, shared, replace(config, iterations=1), init, attack)  # warm-up, both
-    run_reference(model, shared, y, replace(config, iterations=1), init, attack, images=1)
+    run_ours(model, shared, replace(config, iterations=1), init, attack, mode)  # warm-up, both
+    run_reference_exact(model, shared, y, replace(config, iterations=1), init, attack, images=1)
     t_ours = t_ref = float("inf")
     for _ in range(repeats):  # interleaved, the fastest of each: this machine's noise is ±10 %
-        seconds, ours, evals_ours = run_ours(model, shared, config, init, attack)
+        seconds, ours, evals_ours = run_ours(model, shared, config, init, attack, mode)
         t_ours = min(t_ours, seconds)
-        seconds, reference, evals_ref = run_reference(model, shared, y, config, init, attack)
+        seconds, reference, evals_ref = run_reference_exact(model, shared, y, config, init, attack)
         t_ref = min(t_ref, seconds)
     p_ours, p_ref = psnr(ours, x.cpu()), psnr(reference, x.cpu())
     row = {
@@ -151,6 +158,7 @@ def measure(arch: str, attack: str, size: Size, iterations: int, images, device,
         "restarts": size.restarts,
         "iterations": steps,
         "repeats": repeats,
+        "precision": mode,
         "ours_ms": round(1000 * t_ours / steps, 2),
         "reference_ms": round(1000 * t_ref / steps, 2),
         "ratio": round(t_ref / t_ours, 2),
@@ -159,9 +167,11 @@ def measure(arch: str, attack: str, size: Size, iterations: int, images, device,
         "psnr_reference": round(float(p_ref.mean()), 2),
         "max_abs_psnr_difference": round(float((p_ours - p_ref).abs().max()), 3),
     }
-    if attack == "idlg":  # evaluations per candidate: L-BFGS stops converged candidates early
+    if attack == "idlg":  # L-BFGS stops candidates early, at chaotic moments: compare per evaluation too
         row["evaluations_ours"] = round(evals_ours / n, 1)
         row["evaluations_reference"] = round(evals_ref / n, 1)
+        row["ours_ms_per_evaluation"] = round(1000 * t_ours / max(1, evals_ours), 3)
+        row["reference_ms_per_evaluation"] = round(1000 * t_ref / max(1, evals_ref), 3)
     return row
 
 
@@ -173,6 +183,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--iterations", type=int, default=20, help="iterations for sizes without their own")
     p.add_argument("--idlg-models", default="lenet", help="models iDLG runs on (its sigmoid LeNet is DLG's own)")
     p.add_argument("--repeats", type=int, default=2, help="times each side runs, interleaved; the fastest counts")
+    p.add_argument("--precision", default="float32", choices=PRECISIONS,
+                   help="the engine's arithmetic (AttackConfig.precision); the reference stays float32")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the rows as one JSON list")
@@ -197,11 +209,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if attack == "idlg" and arch not in args.idlg_models.split(","):
                 continue
             for size in sizes:
-                row = measure(arch, attack, size, args.iterations, images, device, args.seed, max(1, args.repeats))
+                row = measure(arch, attack, size, args.iterations, images, device, args.seed,
+                              max(1, args.repeats), args.precision)
                 rows.append(row)
                 if not args.json:
-                    extra = (f"  evaluations/candidate {row['evaluations_ours']} vs {row['evaluations_reference']}"
-                             if attack == "idlg" else "")
+                    extra = (f"  evaluations/candidate {row['evaluations_ours']} vs {row['evaluations_reference']},"
+                             f" ms per candidate-evaluation {row['ours_ms_per_evaluation']} vs "
+                             f"{row['reference_ms_per_evaluation']}" if attack == "idlg" else "")
                     print(f"{arch:>10} {attack:>6} {size.images:>3}×{size.restarts:<2} {row['iterations']:>4} | "
                           f"{row['ours_ms']:>10.1f} {row['reference_ms']:>10.1f} {row['ratio']:>6.2f} | "
                           f"{row['psnr_ours']:>9.2f} {row['psnr_reference']:>6.2f} {row['psnr_delta']:>+6.2f}{extra}",

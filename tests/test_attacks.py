@@ -366,3 +366,21 @@ def test_batched_lbfgs_is_each_candidates_own_run_and_torchs():
         assert torch.allclose(p.detach(), together.z[n].detach(), rtol=0, atol=1e-3), n
         assert int(problems.evaluations[n]) == int(part.evaluations[0]) <= 4 * 20, n
     assert len(set(problems.evaluations.tolist())) > 1  # the candidates did stop at different times
+
+
+def test_precision_is_an_option_that_restores_the_settings():
+    """float32 (TF32 off) is the default; tf32 is an option; the settings come back after either."""
+    from ats.runtime import precision
+
+    assert AttackConfig().precision == "float32"
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with precision("tf32"):
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    with precision("float32"):
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == saved
+    with pytest.raises(ValueError, match="precision 'bf16' is not one of float32, tf32"):
+        AttackConfig(precision="bf16")
+    with pytest.raises(ValueError, match="precision"):
+        with precision("fp8"):
+            pass
