@@ -4,7 +4,8 @@
   it: on the sign of the image gradient, lr ×0.1 at 3/8, 5/8 and 7/8 of the run) and Nesterov SGD
   (Gao et al.'s Table 2). Both act elementwise, so batching the candidates changes nothing.
 * L-BFGS (Deep Leakage from Gradients, Zhu et al., NeurIPS 2019, and iDLG): `torch.optim.LBFGS`
-  without line search, re-implemented batched with one curvature history per candidate.
+  without line search, re-implemented batched with one curvature history per candidate; one
+  candidate alone runs torch's own (its two-loop on one vector is cheaper than ours on a batch).
 
 After every update the images may be clamped to the image of the pixel box [0, 1] (and an aware
 attacker's shift to its reach). A candidate whose cost or gradient turns non-finite is frozen
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 def make_stepper(problem: Problem, config: AttackConfig, z: Tensor) -> Stepper:
     """A `Stepper` advancing every candidate of `z` by one iteration per `step(iteration)` call."""
     if config.optimizer == "lbfgs":
-        return BatchedLBFGS(problem, config, z)
+        return SingleLBFGS(problem, config, z) if z.shape[0] == 1 else BatchedLBFGS(problem, config, z)
     return FirstOrder(problem, config, z)
 
 
@@ -99,6 +100,64 @@ def clamp_to_box(problem: Problem, z: Tensor) -> None:
         images.copy_(torch.maximum(torch.minimum(images, high), low))
         if problem.config.aware:
             z[:, -2:].copy_(torch.maximum(torch.minimum(z[:, -2:], problem.reach), -problem.reach))
+
+
+class _NonFinite(Exception):
+    """Raised inside torch's L-BFGS closure to end the step when the cost turns non-finite."""
+
+
+class SingleLBFGS(Stepper):
+    """One candidate: `torch.optim.LBFGS` itself (no line search), with the batched engine's rules.
+
+    The same iteration as `BatchedLBFGS` at N = 1 (tested): clamped to the box before every
+    evaluation after an update, frozen when its cost turns non-finite, and stopped for good where torch would only
+    repeat itself (a step that made one evaluation and did not move: a vanishing gradient or a
+    non-descent direction, which torch's loop would re-evaluate, unchanged, every iteration).
+    """
+
+    def __init__(self, problem: Problem, config: AttackConfig, z: Tensor):
+        self.problem, self.config, self.z = problem, config, z
+        self.optimizer = torch.optim.LBFGS([z], lr=config.lr, max_iter=config.inner,
+                                           history_size=config.history, line_search_fn=None)
+        self.alive = torch.ones(1, dtype=torch.bool, device=z.device)
+        self.cost = torch.full((1,), float("nan"), device=z.device)  # at its last evaluation
+
+    def _closure(self) -> Tensor:
+        if self.config.boxed and self.evaluations:  # after torch's update (the last one: after step)
+            clamp_to_box(self.problem, self.z)
+        cost, g = self.problem.costs_and_grads(self.z)
+        if not (bool(torch.isfinite(cost).all()) and bool(torch.isfinite(g).all())):
+            raise _NonFinite
+        if self.evaluations == 0:
+            self.first = cost.detach().clone()
+        self.cost, self.evaluations = cost.detach(), self.evaluations + 1
+        self.z.grad = g
+        return cost[0]
+
+    def step(self, iteration: int) -> Tensor:
+        if not bool(self.alive[0]):
+            return torch.where(torch.isfinite(self.cost), self.cost, torch.full_like(self.cost, float("nan")))
+        before, self.evaluations = self.z.detach().clone(), 0
+        self.first = torch.full_like(self.cost, float("nan"))
+        try:
+            first = self.optimizer.step(self._closure)
+        except _NonFinite:
+            self.alive[0], self.cost = False, torch.full_like(self.cost, float("nan"))
+            return self.first
+        if self.config.boxed:
+            clamp_to_box(self.problem, self.z)
+        if self.evaluations == 1 and torch.equal(self.z.detach(), before):
+            self.alive[0] = False  # converged or stuck: torch would repeat this step unchanged
+        return first.detach().reshape(1)
+
+    def narrow(self, index: Tensor, problem: Problem) -> Tensor:
+        kept = self.z.detach()[index].clone().requires_grad_(True)
+        state = self.optimizer.state.pop(self.z, {})
+        self.optimizer.state[kept] = state
+        self.optimizer.param_groups[0]["params"] = self.optimizer._params = [kept]
+        self.problem, self.z = problem, kept
+        self.alive, self.cost = self.alive[index], self.cost[index]
+        return kept
 
 
 class BatchedLBFGS(Stepper):

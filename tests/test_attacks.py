@@ -98,6 +98,63 @@ def test_batched_idlg_matches_torchs_lbfgs_loop_while_it_is_not_chaotic(lenet, i
         invert_lbfgs_sequential(lenet, tuple(g[0] for g in update.gradients), y[:1], init[:1], AttackConfig.ig())
 
 
+@pytest.mark.parametrize("boxed", [False, True])
+def test_one_lbfgs_candidate_runs_torchs_own_lbfgs_as_the_batched_engine_would(lenet, image_batch, boxed):
+    """At N = 1 L-BFGS is torch.optim.LBFGS itself (cheaper than our batched two-loop on one
+    vector); step for step it makes the same iterates, costs and evaluations as BatchedLBFGS."""
+    from ats.objective import Problem
+    from ats.optim import BatchedLBFGS, SingleLBFGS, make_stepper
+
+    x, y = image_batch[0][:1], image_batch[1][:1]
+    update = client_update(lenet, x, y, per_example=True).shared
+    config = replace(AttackConfig.idlg(), iterations=2, inner=4, boxed=boxed)  # before chaos sets in (see below)
+    problem = Problem.build(lenet, update, config, joint=False)
+    start = problem.initial(torch.Generator().manual_seed(3), None)
+    counts = {}
+    steppers = []
+    for kind in (SingleLBFGS, BatchedLBFGS):
+        z = start.detach().clone().requires_grad_(True)
+        stepper = kind(problem, config, z)
+        original, made = problem.costs_and_grads, []
+        problem.costs_and_grads = lambda z, *a, _o=original, _m=made, **k: (_m.append(1), _o(z, *a, **k))[1]
+        costs = [stepper.step(i) for i in range(config.iterations)]
+        problem.costs_and_grads = original
+        counts[kind] = len(made)
+        steppers.append((stepper.z.detach().clone(), torch.stack(costs)))
+    assert isinstance(make_stepper(problem, config, start.detach().clone()), SingleLBFGS)
+    assert counts[SingleLBFGS] == counts[BatchedLBFGS] == 8  # (at inner 2-3 torch makes one thrown away)
+    (z1, c1), (z2, c2) = steppers
+    # unboxed they agree to float rounding; the box's clamp, at lr 1, amplifies rounding (a pixel on
+    # either side of the edge): 0.1 % of the cost and 3e-3 of a pixel after 8 evaluations
+    tolerance = 1e-2 if boxed else 1e-4
+    assert torch.allclose(c1, c2, rtol=tolerance)
+    assert torch.allclose(z1, z2, atol=tolerance)
+    if boxed:
+        low, high = problem.bounds()
+        images = z1[:, : problem.image_size].view(-1, *problem.shape)
+        assert bool((images >= low - 1e-6).all() and (images <= high + 1e-6).all())
+
+
+def test_one_lbfgs_candidate_that_turns_non_finite_is_frozen_and_reported(lenet, image_batch):
+    from ats.objective import Problem
+    from ats.optim import SingleLBFGS
+
+    x, y = image_batch[0][:1], image_batch[1][:1]
+    update = client_update(lenet, x, y, per_example=True).shared
+    config = replace(AttackConfig.idlg(), iterations=3, inner=4)
+    problem = Problem.build(lenet, update, config, joint=False)
+    z = problem.initial(torch.Generator().manual_seed(3), None)
+    stepper = SingleLBFGS(problem, config, z)
+    first = stepper.step(0)
+    assert torch.isfinite(first).all()
+    original = problem.costs_and_grads
+    problem.costs_and_grads = lambda z, *a, **k: (torch.full((1,), float("nan")), torch.zeros_like(z))
+    assert torch.isnan(stepper.step(1)).all() and not bool(stepper.alive[0])
+    problem.costs_and_grads = original
+    frozen = stepper.z.detach().clone()
+    assert torch.isnan(stepper.step(2)).all() and torch.equal(stepper.z.detach(), frozen)
+
+
 @pytest.mark.parametrize("preset", ["ig", "dlg", "aware"])
 def test_one_candidate_takes_plain_autograd_and_agrees_with_vmap(lenet, image_batch, preset):
     """A single candidate is evaluated by plain autograd (the fast path at N = 1), every other count

@@ -1,0 +1,118 @@
+"""How soon the playground shows its first frame after Run, in headless Chromium.
+
+Starts `streamlit run app.py` from a checkout (this one, or `--root` an older one, to compare before
+and after a change), warms it (the first visit loads the data and the caches), then, `--repeats`
+times each, presses Run and measures the seconds until a reconstruction frame is on the page and
+until the run ends, for
+
+* the default: the 3-way compare (iDLG on an untrained LeNet, 60 iterations, a frame every 2), and
+* one IG run on ResNet20 (width 16), untrained, 60 iterations, a frame every 2.
+
+    python bench/app_first_frame.py
+    git worktree add /tmp/before <commit> && python bench/app_first_frame.py --root /tmp/before
+
+It drives the same DevTools `Page` as `tests/test_browser.py` and needs Debian's `chromium`.
+Run it alone: a second heavy process on a 2-core machine distorts every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ITERATIONS = 60  # the playground's default
+HERE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(HERE / "tests"))
+from test_browser import Page, free_port, idle, wait_for  # noqa: E402  (the browser tests' driver)
+
+
+def choose_option(page: Page, label: str, option: str, index: int = 0) -> None:
+    """Open the `index`-th selectbox labelled `label` and click `option`, with real mouse events."""
+    find = f"""[...document.querySelectorAll('[data-testid=stSelectbox]')].filter(s => s.querySelector('label')
+        && s.querySelector('label').innerText.trim() === {json.dumps(label)})[{index}]"""
+    assert page.evaluate(f"""(() => {{ const s = {find}; if (!s) return false;
+        s.scrollIntoView({{block: 'center'}}); return true; }})()"""), f"no selectbox labelled {label!r}"
+    time.sleep(0.5)  # the scroll may be smooth: measure where the box ends up
+    x, y = json.loads(page.evaluate(f"""(() => {{ const r = ({find}.querySelector('[data-baseweb=select]')
+        || {find}.querySelector('input') || {find}).getBoundingClientRect(); return JSON.stringify([r.x + r.width / 2, r.y + r.height / 2]); }})()"""))
+    for kind in ("mousePressed", "mouseReleased"):
+        page.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+    deadline = time.monotonic() + 10
+    while not page.evaluate(f"""(() => {{ const o = [...document.querySelectorAll('[role=option]')]
+            .find(o => o.innerText.trim() === {json.dumps(option)}); if (!o) return false; o.click(); return true; }})()"""):
+        assert time.monotonic() < deadline, f"{label!r} offers no option {option!r}"
+        time.sleep(0.2)
+
+
+def measure(page: Page, seconds: float) -> tuple[float, float]:
+    """Press Run; the seconds to the first reconstruction frame and to the run's end."""
+    idle(page, 120)
+    started = time.monotonic()
+    page.click("Run")
+    while not any(int(n) < ITERATIONS for n in re.findall(r"reconstruction, iteration (\d+)", page.text())):
+        assert time.monotonic() - started < seconds, "no frame came"  # a live one: the last run's says 60
+        time.sleep(0.05)
+    first = time.monotonic() - started
+    page.wait_for("Running…", seconds, gone=True)
+    return first, time.monotonic() - started
+
+
+def serve(root: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(root)}  # that checkout's `ats`, not the installed one
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(root / "app.py"), "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert wait_for(f"http://127.0.0.1:{port}/_stcore/health", server, 120).strip() == "ok"
+    return server, f"http://127.0.0.1:{port}/"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=HERE, help="the checkout whose app.py to serve")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        server, url = serve(args.root.resolve(), Path(scratch))
+        try:
+            with Page(Path(scratch) / "profile", free_port()) as page:
+                page.call("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1,
+                          mobile=False)
+                page.open(url, "Before you run", 300)
+                page.open(url, "Before you run", 120)
+                for _ in range(args.repeats):
+                    first, end = measure(page, 600)
+                    rows.append({"run": "default 3-way iDLG compare, LeNet", "first_frame_s": first, "end_s": end})
+                    print(rows[-1], file=sys.stderr, flush=True)
+                page.choose("Settings to compare", "1")
+                page.wait_for("Setting B", 30, gone=True)
+                choose_option(page, "Model", "ResNet20")
+                idle(page, 120)
+                choose_option(page, "Attack", "ig")
+                page.wait_for("ig call", 60)
+                assert "ResNet20" in page.text(), "the model did not change to ResNet20"
+                for _ in range(args.repeats):
+                    first, end = measure(page, 600)
+                    rows.append({"run": "IG on ResNet20, one setting", "first_frame_s": first, "end_s": end})
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    if args.json:
+        print(json.dumps([{**r, "root": str(args.root)} for r in rows], indent=2))
+        return
+    print(f"app at {args.root}")
+    for row in rows:
+        print(f"  {row['run']:<36} first frame {row['first_frame_s']:6.2f} s   run {row['end_s']:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()
