@@ -61,7 +61,7 @@ class FirstOrder(Stepper):
     def step(self, iteration: int) -> Tensor:
         z, config = self.z, self.config
         costs, grads = self.problem.costs_and_grads(z)
-        finite = torch.isfinite(costs) & torch.isfinite(grads).all(dim=1)
+        finite = finite_rows(costs, grads)
         self.alive.logical_and_(finite)
         grads = torch.where(self.alive[:, None], grads, torch.zeros_like(grads))
         z.grad = grads.sign() if config.signed else grads
@@ -79,6 +79,11 @@ class FirstOrder(Stepper):
         self.optimizer.param_groups[0]["params"] = [kept]
         self.problem, self.z, self.alive = problem, kept, self.alive[index]
         return kept
+
+
+def finite_rows(costs: Tensor, grads: Tensor) -> Tensor:
+    """(N,) True where a candidate's cost and every entry of its gradient are finite."""
+    return torch.isfinite(costs) & torch.isfinite(grads).all(dim=1)
 
 
 def lr_milestones(config: AttackConfig) -> list[int]:
@@ -109,9 +114,9 @@ class _NonFinite(Exception):
 class SingleLBFGS(Stepper):
     """One candidate: `torch.optim.LBFGS` itself (no line search), with the batched engine's rules.
 
-    The same iteration as `BatchedLBFGS` at N = 1 (tested): clamped to the box before every
-    evaluation after an update, frozen when its cost turns non-finite, and stopped for good where torch would only
-    repeat itself (a step that made one evaluation and did not move: a vanishing gradient or a
+    The same iteration as `BatchedLBFGS` at N = 1 (tested): clamped to the box after every update,
+    frozen when its cost turns non-finite, and stopped for good where torch would only repeat
+    itself (a step that made one evaluation and did not move: a vanishing gradient or a
     non-descent direction, which torch's loop would re-evaluate, unchanged, every iteration).
     """
 
@@ -126,7 +131,7 @@ class SingleLBFGS(Stepper):
         if self.config.boxed and self.evaluations:  # after torch's update (the last one: after step)
             clamp_to_box(self.problem, self.z)
         cost, g = self.problem.costs_and_grads(self.z)
-        if not (bool(torch.isfinite(cost).all()) and bool(torch.isfinite(g).all())):
+        if not bool(finite_rows(cost, g).all()):
             raise _NonFinite
         if self.evaluations == 0:
             self.first = cost.detach().clone()
@@ -136,7 +141,7 @@ class SingleLBFGS(Stepper):
 
     def step(self, iteration: int) -> Tensor:
         if not bool(self.alive[0]):
-            return torch.where(torch.isfinite(self.cost), self.cost, torch.full_like(self.cost, float("nan")))
+            return self.cost.clone()  # its last cost, NaN if it turned non-finite
         before, self.evaluations = self.z.detach().clone(), 0
         self.first = torch.full_like(self.cost, float("nan"))
         try:
@@ -203,7 +208,7 @@ class BatchedLBFGS(Stepper):
                 costs[rows], g[rows] = self.problem.costs_and_grads(self.z, rows=rows)
             evaluated = torch.zeros_like(active)
             evaluated[rows] = True
-            finite = torch.isfinite(costs) & torch.isfinite(g).all(dim=1)
+            finite = finite_rows(costs, g)
             self.finite &= finite | ~evaluated
             self.alive &= self.finite
             self.costs = torch.where(evaluated, costs, self.costs)

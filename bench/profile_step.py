@@ -63,6 +63,7 @@ def timed(fn, repeats: int) -> float:
 def report(arch: str, preset: str, images: int, restarts: int, peak: float, top: int, repeats: int) -> None:
     problem, config, z = setup(arch, preset, images, restarts)
     stepper = make_stepper(problem, config, z)
+    n = images * restarts
     # FLOPs of one candidate through plain autograd, times N: under vmap the convolutions run
     # grouped, and FlopCounterMode counts a grouped convolution_backward as if ungrouped (N times
     # too much per candidate: 3.2 instead of 0.66 GFLOP at N = 32 on ResNet20), though its time
@@ -70,7 +71,7 @@ def report(arch: str, preset: str, images: int, restarts: int, peak: float, top:
     counter = FlopCounterMode(display=False)
     with counter:
         problem.costs_and_grads(z, rows=torch.tensor([0]))
-    flops_eval = counter.get_total_flops() * images * restarts
+    flops_eval = counter.get_total_flops() * n
     seconds_eval = timed(lambda: problem.costs_and_grads(z), repeats)
     counting = {"n": 0}
     original = problem.costs_and_grads
@@ -85,14 +86,13 @@ def report(arch: str, preset: str, images: int, restarts: int, peak: float, top:
     evaluations = counting["n"] / (repeats + 1)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         stepper.step(1)
-    n = images * restarts
     print(f"\n### {arch}, {config.name}, {images} × {restarts} (N = {n})\n")
     print(f"- one evaluation of all N costs and gradients: {1000 * seconds_eval:.1f} ms, "
           f"{flops_eval / 1e9:.3f} GFLOP -> {flops_eval / seconds_eval / 1e9:.1f} GFLOP/s "
           f"({100 * flops_eval / seconds_eval / peak:.0f} % of the matrix-product peak)")
     print(f"- one step: {1000 * seconds_step:.1f} ms, {evaluations:.1f} evaluations; "
           f"evaluations are {100 * min(1.0, evaluations * seconds_eval / seconds_step):.0f} % of it")
-    print(f"- FLOPs by operator: " + ", ".join(f"{str(op).split('.')[-1]} {f * images * restarts / flops_eval:.0%}" for op, f in
+    print(f"- FLOPs by operator: " + ", ".join(f"{str(op).split('.')[-1]} {f * n / flops_eval:.0%}" for op, f in
                                              sorted(counter.get_flop_counts()["Global"].items(),
                                                     key=lambda kv: -kv[1])[:5]))
     print("\n```")
