@@ -162,7 +162,7 @@ def run_here() -> None:
                 "app; a table from `ats benchmark` can still be uploaded below.")
     with st.form("benchmark_run"):
         st.markdown("Models are trained for seconds (the smoke recipe: 200 images, 2 epochs), so the numbers only "
-                    "show the protocol at work. For real numbers run `ats benchmark --preset laptop` (about 45 min on "
+                    "show the protocol at work. For real numbers run `ats benchmark --preset laptop` (about 1.5 h on "
                     "a 2-core CPU) or `--preset paper` on a GPU.")
         left, right = st.columns(2)
         policies = left.text_input("Policies, comma-separated", "none,3-1-7")

@@ -4,7 +4,8 @@ is stored.
 The protocol (Gao et al., CVPR 2021, §5: Tables 1 and 3; docs/design.md §2) is planned as a tuple
 of `Cell`s:
 
-* table: each policy × gradient defense, on the policy's model at the main training stage;
+* table: each policy × gradient defense (or only the `defense_policies` under the defenses), on
+  the policy's model at the main training stage;
 * stages: the undefended attack on each policy's model at the other training stages (gradients
   leak most early in training, and a federated attacker sees every round);
 * aware: the policy-aware attacker on each policy (but "none");
@@ -22,6 +23,7 @@ from dataclasses import astuple, dataclass, replace
 from typing import TYPE_CHECKING, NamedTuple
 
 from ats import attacks
+from ats.policy import parse_policy
 
 if TYPE_CHECKING:
     from ats.protocol import BenchmarkConfig
@@ -79,7 +81,10 @@ class CellKey:
 def plan_cells(config: BenchmarkConfig, seed: int) -> tuple[Cell, ...]:
     """The protocol's cells in order: table, stages, aware, regime, correlation."""
     policies, main = config.table_policies(seed), config.stage
-    cells = [Cell("table", p, d, main) for p in policies for d in config.defenses]
+    defended = ({str(parse_policy(p)) for p in config.defense_policies} if config.defense_policies is not None
+                else set(policies))
+    cells = [Cell("table", p, d, main) for p in policies for d in config.defenses
+             if d == "none" or p in defended]
     staged = config.stage_policies if config.stage_policies is not None else policies
     cells += [Cell("stages", p, "none", s) for p in staged for s in config.stages if s != main]
     if config.aware:
@@ -107,6 +112,8 @@ def cell_attack(cell: Cell, config: BenchmarkConfig) -> attacks.AttackConfig:
         return replace(attack, iterations=cell.iterations or attack.iterations)
     if cell.study == "aware":
         return aware_attack(config.attack, config.aware_restarts, config.aware_screen)
+    if cell.study == "correlation" and config.correlation_iterations:
+        return replace(config.attack, iterations=config.correlation_iterations)
     return config.attack
 
 

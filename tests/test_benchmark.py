@@ -318,3 +318,43 @@ def test_a_benchmark_killed_with_sigkill_resumes_without_losing_or_recomputing(t
         after = store.benchmark_rows()
     assert len(after) == len({r.key for r in after}) == document["cells"]
     assert all(r.created == before[r.key] for r in after if r.key in before)
+
+
+def test_defense_policies_and_the_correlation_budget_shape_the_plan():
+    """At laptop the defenses attack only the undefended policy and the correlation study has its
+    own budget (in its store key, so a run at another budget is not mistaken for it)."""
+    from ats import cells
+
+    config = replace(SMOKE, policies=("none", "3-1-7", "43-18-18"), defenses=("none", "prune-70", "gauss-1e-2"),
+                     defense_policies=("none",), correlation=3, correlation_iterations=2)
+    table = [(c.policy, c.defense) for c in cells.plan_cells(config, seed=0) if c.study == "table"]
+    assert table == [("none", "none"), ("none", "prune-70"), ("none", "gauss-1e-2"),
+                     ("3-1-7", "none"), ("43-18-18", "none")]
+    every = replace(config, defense_policies=None)
+    assert len([c for c in cells.plan_cells(every, seed=0) if c.study == "table"]) == 9
+    planned = cells.plan_cells(config, seed=0)
+    correlation = next(c for c in planned if c.study == "correlation")
+    assert cells.cell_attack(correlation, config).iterations == 2
+    assert cells.cell_attack(next(c for c in planned if c.study == "table"), config).iterations == 4
+    key = cells.cell_key(correlation, config, digest="d", seed=0)
+    assert key.iterations == 2 and cells.cell_key(correlation, replace(config, correlation_iterations=0),
+                                                  digest="d", seed=0).iterations == 4
+    with pytest.raises(ValueError, match="3--1"):
+        replace(config, defense_policies=("3--1",))
+    with pytest.raises(ValueError, match="correlation_iterations"):
+        replace(config, correlation_iterations=-1)
+    laptop = BenchmarkConfig.laptop()
+    laptop_table = [c for c in cells.plan_cells(laptop, seed=0) if c.study == "table"]
+    assert len(laptop_table) == 6 and {c.policy for c in laptop_table if c.defense != "none"} == {"none"}
+
+
+def test_explicit_defenses_on_the_command_line_apply_to_every_policy():
+    from ats.cli import build_parser
+    from ats.cli.benchmark import benchmark_config
+
+    parser = build_parser()
+    laptop = benchmark_config(parser.parse_args(["benchmark", "--preset", "laptop"]))
+    assert laptop.defense_policies == ("none",) and laptop.correlation_iterations == 40
+    chosen = benchmark_config(parser.parse_args(["benchmark", "--preset", "laptop", "--defenses", "none,prune-70",
+                                                 "--correlation-iterations", "0"]))
+    assert chosen.defense_policies is None and chosen.correlation_iterations == 0

@@ -21,11 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "attack PSNR. Every finished cell is stored at once: rerun the same command to "
                                    "resume.")
     p.add_argument("--preset", default="laptop", choices=["smoke", "laptop", "paper"],
-                   help="scale of the protocol (default laptop, about an hour on a 2-core CPU)")
+                   help="scale of the protocol (default laptop, about 1.5 h on a 2-core CPU)")
     p.add_argument("--policies", help="comma-separated policies (default: none and the paper's 3-1-7, 43-18-18, "
                                       "3-1-7+43-18-18)")
-    p.add_argument("--defenses", help="comma-separated gradient defenses, e.g. none,prune-70,gauss-1e-3,lap-1e-2 "
-                                      "(default: the preset's)")
+    p.add_argument("--defenses", help="comma-separated gradient defenses, e.g. none,prune-70,gauss-1e-3,lap-1e-2, "
+                                      "applied to every policy (default: the preset's; at laptop, the "
+                                      "defenses attack only the undefended policy, as the paper's Table 3)")
     p.add_argument("--random", type=int, help="extra random policies in the table (default: the preset's)")
     p.add_argument("--from-search", type=Path, metavar="DB",
                    help="also benchmark the policies an `ats search` database selects (top 2 and their hybrid)")
@@ -40,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", help="comma-separated training stages in epochs to also attack undefended "
                                     "(default: the preset's, e.g. 0,1 at laptop)")
     p.add_argument("--correlation", type=int, help="random policies for the S_pri–PSNR study (0 skips it)")
+    p.add_argument("--correlation-iterations", type=int,
+                   help="attack iterations of the correlation study (default: the preset's, 40 at laptop; "
+                        "0: the table attack's)")
     p.add_argument("--score-checkpoint", type=Path, help="tiny-data model for S_pri (default: the shipped one)")
     p.add_argument("--db", type=Path, default=Path("results.db"),
                    help="results database (default results.db in the current folder)")
@@ -72,6 +76,8 @@ def benchmark_config(args):
     for name in ("random", "correlation"):
         if getattr(args, name) is not None:
             check_range(f"--{name}", getattr(args, name), 0, MAX_CANDIDATES)
+    if args.correlation_iterations is not None:
+        check_range("--correlation-iterations", args.correlation_iterations, 0, MAX_ITERATIONS)
     attack = replace(base, iterations=args.iterations or config.attack.iterations)
     changes = {"attack": attack}
     policies = _split(args.policies)
@@ -89,7 +95,8 @@ def benchmark_config(args):
         changes["policies"] = policies
     if args.defenses is not None:
         changes["defenses"] = _split(args.defenses)
-    for name in ("random", "images", "correlation"):
+        changes["defense_policies"] = None
+    for name in ("random", "images", "correlation", "correlation_iterations"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.no_aware:
