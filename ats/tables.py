@@ -188,8 +188,12 @@ def findings(result: BenchmarkResult) -> list[str]:
     if result.correlation:
         c = result.correlation["vs_transformed"]
         holds = c["pearson"] > 0 and c.get("pearson_ci_low", math.nan) > 0
+        opposite = c["pearson"] < 0 and c.get("pearson_ci_high", math.nan) < 0
+        verdict = ("a positive correlation is supported" if holds else
+                   "a positive correlation is not supported; the interval excludes zero on the other side: "
+                   "policies S_pri calls more leaky were attacked less well here" if opposite else
+                   "a positive correlation is not supported")
         out.append(f"S_pri vs median PSNR vs T(x): r = {_num(c['pearson'], 2)} [{_num(c.get('pearson_ci_low'), 2)}, "
-                   f"{_num(c.get('pearson_ci_high'), 2)}], n = {c['n']}: "
-                   + ("a positive correlation is supported" if holds else "a positive correlation is not supported")
-                   + f" (the paper reports r = {PAPER_CORRELATION}; the ReScience reproduction found none).")
+                   f"{_num(c.get('pearson_ci_high'), 2)}], n = {c['n']}: {verdict}"
+                   f" (the paper reports r = {PAPER_CORRELATION}; the ReScience reproduction found none).")
     return out
