@@ -165,6 +165,23 @@ class Page:
         """Pick `option` of the radio group labelled `group`."""
         self.click(option, f"[role=radiogroup][aria-label={json.dumps(group)}] [data-testid=stRadioOption]")
 
+    def select(self, label: str, option: str, index: int = 0) -> None:
+        """Pick `option` (its shown text) in the `index`-th selectbox labelled `label`, as a keyboard
+        user would: focus its input, open the list, type the option, press Enter."""
+        found = self.evaluate(f"""(() => {{ const e = [...document.querySelectorAll('[data-testid=stSelectbox]')]
+            .filter(b => (b.querySelector('label') || {{}}).innerText === {json.dumps(label)})[{index}];
+            const input = e && e.querySelector('input');
+            if (!input) return false; input.focus(); return true; }})()""")
+        assert found, f"no selectbox labelled {label!r}"
+        self.key("ArrowDown", 40)
+        self.call("Input.insertText", text=option)
+        time.sleep(0.3)  # let the list filter to the typed option
+        self.key("Enter", 13)
+
+    def key(self, key: str, code: int) -> None:
+        for kind in ("keyDown", "keyUp"):
+            self.call("Input.dispatchKeyEvent", type=kind, key=key, code=key, windowsVirtualKeyCode=code)
+
     def type_into(self, label: str, value: str, index: int = 0) -> None:
         """Replace the text of the `index`-th input whose label starts with `label`, then press Enter."""
         found = self.evaluate(f"""(() => {{ const e = [...document.querySelectorAll('input')]
