@@ -112,8 +112,8 @@ def cell_attack(cell: Cell, config: BenchmarkConfig) -> attacks.AttackConfig:
         return replace(attack, iterations=cell.iterations or attack.iterations)
     if cell.study == "aware":
         return aware_attack(config.attack, config.aware_restarts, config.aware_screen)
-    if cell.study == "correlation" and config.correlation_iterations:
-        return replace(config.attack, iterations=config.correlation_iterations)
+    if cell.study == "correlation":
+        return replace(config.attack, iterations=config.correlation_budget)
     return config.attack
 
 

@@ -75,6 +75,11 @@ class BenchmarkConfig:
             if iterations < 1 or not 0 <= stage <= self.recipe.epochs:
                 raise ValueError(f"regime {arch}/{attack}: iterations {iterations} and stage {stage} out of range")
 
+    @property
+    def correlation_budget(self) -> int:
+        """The correlation study's attack iterations: its own, or the table attack's."""
+        return self.correlation_iterations or self.attack.iterations
+
     @classmethod
     def paper(cls) -> BenchmarkConfig:
         """The paper's protocol: ResNet20-4, 200 epochs, IG with 4,800 iterations on 100 images (GPU

@@ -144,8 +144,8 @@ def _caveats(result: BenchmarkResult) -> list[str]:
     if c.attack.name != "ig" or c.attack.iterations < PAPER_ITERATIONS:
         out.append(f"* The table's attack is `{c.attack.name}` × {c.attack.iterations:,}, not the paper's IG × "
                    f"{PAPER_ITERATIONS:,}; the regimes above show how IG fares at this scale.")
-    if c.correlation and c.correlation_iterations and c.correlation_iterations < c.attack.iterations:
-        out.append(f"* The correlation study attacks with {c.correlation_iterations} of the table's "
+    if c.correlation and c.correlation_budget < c.attack.iterations:
+        out.append(f"* The correlation study attacks with {c.correlation_budget} of the table's "
                    f"{c.attack.iterations} iterations: its PSNRs measure how far the attack gets at that budget, "
                    "lower than a full attack's, and its r is about that.")
     if c.images < PAPER_IMAGES:
@@ -194,8 +194,8 @@ RATIONALE = {
         "gradient-matching cost goes on, about 1.7× a plain cell. On 4 images of the hybrid at initialisation that "
         "screen chose the full search's hypothesis for 2 of 4 images and matched its PSNR against x within 1.1 dB "
         "(3.7–8.4 dB against 3.7–8.5 dB): on this LeNet, L-BFGS on the joint image and shift does not reach the "
-        "8–12 dB the plain attack's aligned score reaches, whatever the hypothesis. To come near an hour (the run before these cuts, without the aware cell "
-        "and with 11 correlation policies, took 98 minutes): the "
+        "8–12 dB the plain attack's aligned score reaches, whatever the hypothesis. To come near an hour (the "
+        "run before these cuts, without the aware cell and with 11 correlation policies, took 98 minutes): the "
         "two gradient defenses attack the undefended policy only (the paper's Table 3 does the same; a policy "
         "and a defense together were 5.2–5.4 dB here, below every baseline), leakage over training is measured "
         "without a policy, and the correlation study's 30 policies are attacked with 40 of the 100 iterations "
@@ -246,9 +246,9 @@ def write_report(result: BenchmarkResult, path: str | Path, *, command: str, dev
     lines += ["## Does S_pri predict privacy?", "",
               f"{c.correlation} random policies, S_pri on {_score_model(result)} (`{c.score.name}` score preset), "
               "attacked on the `none` model with the policy applied by the client"
-              + (f", with {c.correlation_iterations} iterations of `{c.attack.name}` (the table's: "
+              + (f", with {c.correlation_budget} iterations of `{c.attack.name}` (the table's: "
                  f"{c.attack.iterations}; this study compares policies at one budget)"
-                 if c.correlation_iterations and c.correlation_iterations != c.attack.iterations else "")
+                 if c.correlation_budget != c.attack.iterations else "")
               + ".", "", markdown_correlation(result)]
     if scatter:
         lines += ["", f"![S_pri against attack PSNR]({Path(scatter).relative_to(path.parent).as_posix()})"

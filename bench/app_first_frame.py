@@ -84,9 +84,10 @@ def main() -> None:
                           mobile=False)
                 page.open(url, "Before you run", 300)
                 page.open(url, "Before you run", 120)
-                for run in ("default 3-way iDLG compare, LeNet", "one IG setting, ResNet20"):
-                    if run.startswith("one IG"):
-                        ig_on_resnet20(page)
+                for run, choose in (("default 3-way iDLG compare, LeNet", None),
+                                    ("one IG setting, ResNet20", ig_on_resnet20)):
+                    if choose:
+                        choose(page)
                     for _ in range(args.repeats):
                         first, end = measure(page, 600)
                         rows.append({"run": run, "first_frame_s": first, "end_s": end})

@@ -189,8 +189,7 @@ class Page:
             if (!e) return false; e.focus(); e.select(); return true; }})()""")
         assert found, f"no input labelled {label!r}"
         self.call("Input.insertText", text=value)
-        for kind in ("keyDown", "keyUp"):
-            self.call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter", windowsVirtualKeyCode=13)
+        self.key("Enter", 13)
 
     def scroll_to(self, text: str) -> None:
         self.evaluate(f"""(() => {{ const e = [...document.querySelectorAll('p, span, div, h3')]
