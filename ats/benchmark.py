@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -50,6 +51,9 @@ from ats.scoring import ScoringSetup
 from ats.stats import bootstrap_ci, correlation_study
 from ats.store import BenchmarkRow, Store
 from ats.victims import VictimModels
+
+if TYPE_CHECKING:
+    from ats.distributed import RayOptions
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class BenchmarkResult:
     correlation: dict | None  # pearson/spearman of S_pri vs PSNR, when the study ran
     checkpoints: dict  # policy -> checkpoint path
     score_checkpoint: str = ""  # the S_pri model of the correlation study
+    failed: tuple = ()  # (key, error) of the cells (and models) a Ray run recorded as failed
 
     def table(self) -> list[dict]:
         """One flat dict per cell, with the paper's and the reproduction's numbers where they exist."""
@@ -182,8 +187,13 @@ def run_cell(key: CellKey, attack: attacks.AttackConfig, model: nn.Module, x: to
 def run_benchmark(config: BenchmarkConfig, *, store: Store, workdir: str | Path, seed: int = 0,
                   device: torch.device | str = "cpu", data_root: str | Path | None = None,
                   score_checkpoint: str | Path | None = None,
-                  callback: Callable[[BenchmarkEvent], None] | None = None) -> BenchmarkResult:
-    """Run (or resume) the protocol of `config`; every finished cell goes to `store` at once."""
+                  callback: Callable[[BenchmarkEvent], None] | None = None,
+                  ray: RayOptions | None = None) -> BenchmarkResult:
+    """Run (or resume) the protocol of `config`; every finished cell goes to `store` at once.
+
+    With `ray`, the victims' training and the cells run as Ray tasks (`ats.distributed`), each cell
+    after its model; a cell that keeps failing is recorded in the store's failures and left out of
+    the result, and the next run retries it."""
     device, started = torch.device(device), time.perf_counter()
     cells, rows, computed = plan_cells(config, seed), [], 0
     emit = callback or (lambda event: None)
@@ -196,6 +206,10 @@ def run_benchmark(config: BenchmarkConfig, *, store: Store, workdir: str | Path,
     privacy = None
     if any(cell.study == "correlation" for cell in cells):
         privacy = PrivacyScorer(score_path, config.score, seed=seed, device=device, data_root=data_root)
+    if ray is not None:
+        return _run_on_ray(config, cells, ray, store=store, workdir=Path(workdir), seed=seed, data_root=data_root,
+                           x=x, y=y, indices=indices, privacy=privacy, score_path=score_path, emit=emit,
+                           started=started)
     for cell in cells:
         what = f"{cell.study} {cell.policy} / {cell.defense} at {cell.stage} epochs"
         victim = cell.victim(config)
@@ -220,3 +234,22 @@ def run_benchmark(config: BenchmarkConfig, *, store: Store, workdir: str | Path,
                             f"{row.summary['psnr_tx_median']:.2f} dB vs T(x)", len(rows), len(cells), row))
     return BenchmarkResult(config, tuple(rows), computed, time.perf_counter() - started, correlation_study(rows),
                            victims.named_checkpoints(), str(score_path))
+
+
+def _run_on_ray(config: BenchmarkConfig, cells, options: RayOptions, *, store: Store, workdir: Path, seed: int,
+                data_root, x, y, indices, privacy, score_path: Path, emit, started: float) -> BenchmarkResult:
+    """`run_benchmark`'s cells as Ray tasks; the result lists the cells that finished, in protocol order."""
+    from ats.distributed import cells_on_ray
+
+    done = [0]
+
+    def report(stage: str, message: str, row, skipped: bool) -> None:
+        done[0] += row is not None
+        emit(BenchmarkEvent(stage, message, done[0], len(cells), row, skipped=skipped))
+
+    outcome = cells_on_ray(cells, config, options, store=store, workdir=workdir, seed=seed, data_root=data_root,
+                           x=x, y=y, indices=indices, privacy=privacy, emit=report)
+    rows = tuple(outcome.rows[i] for i in sorted(outcome.rows))
+    named = {f"{v.arch} {v.policy} {v.defense} e{v.stage}": str(p) for v, p in outcome.checkpoints.items()}
+    return BenchmarkResult(config, rows, outcome.computed, time.perf_counter() - started, correlation_study(rows),
+                           named, str(score_path), failed=tuple(outcome.failed))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import torch
 
@@ -29,6 +29,9 @@ from ats.published import PAPER_POLICIES
 from ats.racing import Racing, race
 from ats.runtime import make_generator
 from ats.store import ScoreRow, Store
+
+if TYPE_CHECKING:
+    from ats.distributed import RayOptions
 
 MAX_OPS = 3
 SEARCH_SPACE = sum(len(POOL) ** k for k in range(1, MAX_OPS + 1))  # 127,550 policies of 1–3 ops
@@ -110,6 +113,7 @@ class SearchResult:
     image_scores: int  # privacy evaluations spent in this run (images × policies), racing's cost unit
     seconds: float
     by_others: int = 0  # policies another writer of the same store scored while this run went on
+    failed: int = 0  # policies whose Ray task kept failing (recorded in the store's failures)
 
 
 Scorer = Callable[..., tuple]  # (policy, *, privacy_model, accuracy_model, data, config, seed) -> (PrivacyScore, AccuracyScore)
@@ -136,7 +140,8 @@ def _reporter(callback: Callable[[SearchProgress], None] | None, skipped: int):
 
 def run_search(policies: Sequence[Policy | Hybrid | str], *, store: Store, privacy_model, accuracy_model, data,
                config, seed: int, checkpoint_hash: str, callback: Callable[[SearchProgress], None] | None = None,
-               racing: bool | Racing = False, scorer: Scorer | None = None, poll: float = 1.0) -> SearchResult:
+               racing: bool | Racing = False, scorer: Scorer | None = None, poll: float = 1.0,
+               ray: RayOptions | None = None) -> SearchResult:
     """Score every policy not yet in `store` under (config.definition(), checkpoint_hash, seed).
 
     Each row is written (and committed) as soon as its policy is done, so an interrupted search
@@ -144,7 +149,9 @@ def run_search(policies: Sequence[Policy | Hybrid | str], *, store: Store, priva
     it is scored, so another search on the same database takes the others; policies held by
     another writer are waited for (checked every `poll` seconds) and taken over if it dies.
     `scorer` defaults to `ats.scores.score_policy`; tests pass a cheap stand-in. With `racing`, see
-    `ats.racing.Racing`.
+    `ats.racing.Racing`. With `ray`, the policies are scored as Ray tasks (`ats.distributed`; racing's
+    rounds still run here), the rows written here as they come back; a policy whose task keeps
+    failing is recorded in the store (`Store.failures`) and left out, and the next run retries it.
     """
     if scorer is None:
         from ats.scores import score_policy as scorer
@@ -163,12 +170,29 @@ def run_search(policies: Sequence[Policy | Hybrid | str], *, store: Store, priva
         todo, spent = race(todo, objects, racing if isinstance(racing, Racing) else Racing(), anchors=anchors,
                            report=_reporter(callback, skipped), **common)
         dropped = len(names) - skipped - len(todo)
-    mine = _score_claimed(todo, objects, store, scorer, callback, skipped, poll, definition=definition,
-                          checkpoint_hash=checkpoint_hash, **common)
+    failed = 0
+    if ray is not None and todo:
+        from ats.distributed import score_on_ray
+
+        done = [0]
+
+        def report(name: str, row: ScoreRow | None) -> None:
+            done[0] += 1
+            if callback is not None:
+                callback(SearchProgress(done[0], len(todo), skipped, name, row))
+
+        mine, held = score_on_ray(todo, objects, store, scorer, ray, definition=definition,
+                                  checkpoint_hash=checkpoint_hash, report=report, **common)
+        failed = done[0] - len(mine)
+        mine += _score_claimed(held, objects, store, scorer, callback, skipped, poll, definition=definition,
+                               checkpoint_hash=checkpoint_hash, **common)
+    else:
+        mine = _score_claimed(todo, objects, store, scorer, callback, skipped, poll, definition=definition,
+                              checkpoint_hash=checkpoint_hash, **common)
     spent += sum(row.images for row in mine)
     rows = {r.policy: r for r in store.get_scores(definition, checkpoint_hash, seed)}
     return SearchResult(tuple(rows[n] for n in names if n in rows), len(mine), skipped, dropped, spent,
-                        time.perf_counter() - started, by_others=len(todo) - len(mine))
+                        time.perf_counter() - started, by_others=len(todo) - len(mine) - failed, failed=failed)
 
 
 def _score_claimed(todo: list[str], objects: dict, store: Store, scorer: Scorer, callback, skipped: int,

@@ -15,8 +15,10 @@ read-only one, a table missing) and every damaged stored value is a one-line Val
 the file.
 
 The schema is versioned in the `meta` table; each later table (attack runs, benchmark rows) is a
-new migration step in `_MIGRATIONS`. The claims are bookkeeping, not results: their table is made
-when missing, outside the version, so older versions of ats still open the file.
+new migration step in `_MIGRATIONS`. The claims, and the failures of units of work a run recorded
+and went on without (`put_failure`: a policy or a cell whose Ray task kept failing), are
+bookkeeping, not results: their tables are made when missing, outside the version, so older
+versions of ats still open the file.
 """
 from __future__ import annotations
 
@@ -78,6 +80,12 @@ _CLAIMS = """CREATE TABLE IF NOT EXISTS claims (
                  owner TEXT NOT NULL,  -- host/pid/token of the writer scoring it
                  claimed REAL NOT NULL,
                  PRIMARY KEY (policy, definition, checkpoint, seed))"""
+_FAILURES = """CREATE TABLE IF NOT EXISTS failures (
+                   kind TEXT NOT NULL,  -- "score" or "benchmark"
+                   key TEXT NOT NULL,  -- the JSON list of the row's key
+                   error TEXT NOT NULL,
+                   created TEXT NOT NULL,
+                   PRIMARY KEY (kind, key))"""
 _COLUMNS = ("policy", "definition", "checkpoint", "seed", "privacy", "accuracy", "accuracy_normalized",
             "per_image", "images", "seconds", "created")
 
@@ -354,6 +362,28 @@ class Store:
         return None if found is None else _benchmark_row(found, self.path)
 
     @_guarded
+    def put_failure(self, kind: str, key: Sequence, error: str) -> None:
+        """Record that the unit of work under `key` (a score's or a benchmark cell's) failed with
+        `error`; a later run retries it, and a row stored under the key clears the record."""
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
+                             (kind, json.dumps(list(key)), str(error), time.strftime("%Y-%m-%dT%H:%M:%S")))
+
+    @_guarded
+    def failures(self, kind: str | None = None) -> list[tuple[str, tuple, str]]:
+        """The recorded failures (kind, key, error) whose key has no stored row, oldest first."""
+        rows = self._db.execute("SELECT kind, key, error FROM failures ORDER BY created, rowid").fetchall()
+        out = []
+        for k, key, error in rows:
+            key = tuple(json.loads(key))
+            if kind not in (None, k):
+                continue
+            stored = self.has(*key) if k == "score" else self.get_benchmark(key) is not None
+            if not stored:
+                out.append((k, key, error))
+        return out
+
+    @_guarded
     def benchmark_rows(self) -> list[BenchmarkRow]:
         """Every benchmark row, oldest first."""
         rows = self._db.execute("SELECT * FROM benchmark ORDER BY created, rowid")
@@ -455,6 +485,8 @@ def _prepare(db: sqlite3.Connection, path: Path) -> bool:
             _migrate(db)
         if "claims" not in tables:
             db.execute(_CLAIMS)
+        if "failures" not in tables:
+            db.execute(_FAILURES)
     except sqlite3.OperationalError as error:
         if "readonly" not in str(error):
             raise

@@ -31,13 +31,23 @@ def victim_name(recipe: TrainRecipe, victim: Victim, seed: int) -> str:
     return f"{recipe.name}-{victim.arch}-{victim.policy.replace('+', '_')}{defense}-e{victim.stage}-seed{seed}.pt"
 
 
+def victim_recipe(victim: Victim, config: BenchmarkConfig) -> TrainRecipe:
+    """The training recipe of `victim`: the protocol's, at its architecture, stage and defense."""
+    return replace(config.recipe, arch=victim.arch, epochs=max(1, victim.stage), defense=victim.defense)
+
+
+def model_path(victim: Victim, config: BenchmarkConfig, *, workdir: Path, seed: int) -> Path:
+    """Where `victim`'s checkpoint lives in the run folder `workdir`."""
+    return Path(workdir) / "models" / victim_name(victim_recipe(victim, config), victim, seed)
+
+
 def model_for(victim: Victim, config: BenchmarkConfig, *, workdir: Path, train_data, test_data, seed: int,
               device: torch.device, callback: Callable[[str], None] | None = None) -> tuple[Path, checkpoints.ModelMeta]:
     """The checkpoint of `victim` under `config.recipe`: reused when present, else made. Stage s is
     its own training run of s epochs (resuming an interrupted one from its state file); stage 0
     is the seeded initialisation that every run starts from."""
-    recipe = replace(config.recipe, arch=victim.arch, epochs=max(1, victim.stage), defense=victim.defense)
-    path = workdir / "models" / victim_name(recipe, victim, seed)
+    recipe = victim_recipe(victim, config)
+    path = model_path(victim, config, workdir=workdir, seed=seed)
     if path.is_file():
         _, meta = checkpoints.load_checkpoint(path, device="cpu", expect_arch=victim.arch)
         if (meta.policy, meta.recipe, meta.epochs, meta.defense) != (victim.policy, recipe.name, victim.stage,

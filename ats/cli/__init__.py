@@ -40,6 +40,30 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 
+def add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of the verbs that can run their work on Ray (`ats.distributed`)."""
+    parser.add_argument("--ray", metavar="ADDRESS",
+                        help="run the work as Ray tasks: auto (this machine's cluster, started if none runs), "
+                             "local, or a cluster's ray://HOST:10001 (needs pip install 'ats[ray]')")
+    parser.add_argument("--gpus-per-task", type=float, default=0.0,
+                        help="GPUs each Ray task asks for; fractions share a GPU (default 0: CPU workers)")
+    parser.add_argument("--cpus-per-task", type=float, default=1.0,
+                        help="CPUs (and torch threads) each Ray task asks for (default 1)")
+
+
+def ray_options(args: argparse.Namespace):
+    """The `RayOptions` the command asked for, or None without --ray; bad values fail here, before any work."""
+    if args.ray is None:
+        if args.gpus_per_task or args.cpus_per_task != 1.0:
+            raise ValueError("--gpus-per-task and --cpus-per-task need --ray")
+        return None
+    from ats.distributed import RayOptions, ray_module
+
+    options = RayOptions(address=args.ray, gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task)
+    ray_module()  # installed?
+    return options
+
+
 def log(message: str) -> None:
     """Progress and notes go to stderr, so that --json output stays one document."""
     print(message, file=sys.stderr, flush=True)

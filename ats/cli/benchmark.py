@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ats.cli import add_common, check_folder, dumps, log, progress
+from ats.cli import add_common, add_ray_flags, check_folder, dumps, log, progress, ray_options
 from ats.indices import ATTACK_SET
 
 
@@ -52,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default runs/benchmark, relative to the current folder)")
     p.add_argument("--report", type=Path, help="also write a Markdown reproduction report here, its figures in "
                                                "figures/ beside it and its table as the same name with .csv")
+    add_ray_flags(p)
     add_common(p)
 
 
@@ -117,13 +118,15 @@ def run(args) -> int:
     from ats.store import Store
 
     config = benchmark_config(args)
+    ray = ray_options(args)
     device = pick_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     with Store.open(args.db) as store:
         policies = config.table_policies(args.seed)
         log(f"ats benchmark: preset {config.name}, policies {', '.join(policies)}; defenses "
             f"{', '.join(config.defenses)}; {config.attack.name} × {config.attack.iterations} on {config.images} "
-            f"images; db {args.db}, models in {args.out / 'models'}; {describe_device(device)}")
+            f"images; db {args.db}, models in {args.out / 'models'}; {describe_device(device)}"
+            + (f"; on Ray ({args.ray}, {ray.cpus_per_task:g} CPU and {ray.gpus_per_task:g} GPU a task)" if ray else ""))
         bar = progress(1, unit="cell")
 
         def on_event(event: benchmark.BenchmarkEvent) -> None:
@@ -136,8 +139,10 @@ def run(args) -> int:
                 bar.write(f"  {event.message}", file=sys.stderr)
 
         result = benchmark.run_benchmark(config, store=store, workdir=args.out, seed=args.seed, device=device,
-                                         score_checkpoint=args.score_checkpoint, callback=on_event)
+                                         score_checkpoint=args.score_checkpoint, callback=on_event, ray=ray)
         bar.close()
+    for key, error in result.failed:
+        log(f"ats benchmark: {' '.join(str(k) for k in key[:4])} failed ({error}); rerun to retry it")
     timing = record_invocation(args.out / "invocations.json", result)
     csv_path = report.write_csv(result, args.out / "benchmark.csv")
     folder = args.report.parent / "figures" if args.report else args.out
@@ -155,6 +160,7 @@ def run(args) -> int:
         report.write_csv(result, args.report.with_suffix(".csv"))  # the report's machine-readable twin
     document = {"preset": config.name, "db": str(args.db), "csv": str(csv_path), "report": str(args.report or ""),
                 "cells": len(result.rows), "computed": result.computed, "seconds": round(result.seconds, 1),
+                "failed": [{"key": list(key), "error": error} for key, error in result.failed],
                 "correlation": result.correlation, "checkpoints": result.checkpoints, "rows": result.table()}
     if args.json:
         print(dumps(document))

@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from ats.cli import add_common, dumps, log, progress
+from ats.cli import add_common, add_ray_flags, dumps, log, progress, ray_options
 from ats.cli.score import add_scoring_flags, load_scoring, score_config
 
 
@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="score all candidates on a few images first and finish only those that can reach the top")
     p.add_argument("--show", action="store_true", help="list the database's best without computing anything")
     add_scoring_flags(p)
+    add_ray_flags(p)
     add_common(p)
 
 
@@ -81,12 +82,14 @@ def _search(args, threshold: float) -> dict:
     from ats.store import Store
 
     policies = _policies(args)
+    ray = ray_options(args)
     device = pick_device(args.device)
     setup = load_scoring(args, device)
     with Store.open(args.db, definition=setup.config.definition()) as store:
         log(f"ats search: {len(policies)} policies, preset {setup.config.name}, "
             f"{setup.config.privacy_images} privacy images, model {setup.checkpoint}, db {args.db}, "
-            f"{describe_device(device)}{', racing' if args.racing else ''}")
+            f"{describe_device(device)}{', racing' if args.racing else ''}"
+            + (f", on Ray ({args.ray}, {ray.cpus_per_task:g} CPU and {ray.gpus_per_task:g} GPU a task)" if ray else ""))
         bar = progress(len(policies), unit="policy")
         stage = {"name": None}
 
@@ -103,13 +106,18 @@ def _search(args, threshold: float) -> dict:
 
         race = Racing(keep=max(10, args.top), threshold=threshold) if args.racing else False
         result = search.run_search(policies, store=store, **setup.inputs(), checkpoint_hash=setup.checkpoint_hash,
-                                   callback=report, racing=race)
+                                   callback=report, racing=race, ray=ray)
         bar.close()
+        failures = [{"policy": key[0], "error": error} for _, key, error in store.failures("score")
+                    if key[1:] == (setup.config.definition(), setup.checkpoint_hash, args.seed)]
+    for failure in failures:
+        log(f"ats search: {failure['policy']} failed ({failure['error']}); rerun to retry it")
     selection = select(result.rows, threshold=threshold, top=args.top, alpha=args.alpha)
     return {"db": str(args.db), "preset": setup.config.name, "checkpoint": setup.checkpoint_hash,
             "seed": args.seed, "rows": len(result.rows), "requested": len(policies),
             "scored": result.scored, "skipped": result.skipped, "by_others": result.by_others,
-            "dropped": result.dropped, "image_scores": result.image_scores, "seconds": round(result.seconds, 3),
+            "dropped": result.dropped, "failed": failures, "image_scores": result.image_scores,
+            "seconds": round(result.seconds, 3),
             "selection": selection.to_dict()}
 
 
