@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import tempfile
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from ats import data, scores, search
+from ats.distributed import RayOptions
 from ats.published import PAPER_POLICIES
 from ats.scoring import ScoringSetup
 from ats.selection import Selection, pareto_front, select
@@ -51,8 +53,13 @@ def scoring(checkpoint: str, stamp: float) -> ScoringSetup:
     return ScoringSetup.load("smoke", checkpoint=checkpoint or None, untrained=not checkpoint, seed=0)
 
 
-def small_search(path: Path, count: int, images: int, seed: int) -> None:
-    """Score `count` seeded candidates (and the paper's policies) into `path`, with a progress bar."""
+def ray_installed() -> bool:
+    return importlib.util.find_spec("ray") is not None
+
+
+def small_search(path: Path, count: int, images: int, seed: int, on_ray: bool = False) -> None:
+    """Score `count` seeded candidates (and the paper's policies) into `path`, with a progress bar;
+    `on_ray`: as Ray tasks on this machine's cluster (`ats.distributed`; started on first use)."""
     checkpoint = scores.default_score_checkpoint()
     found = checkpoint.is_file()
     if not found:
@@ -71,13 +78,16 @@ def small_search(path: Path, count: int, images: int, seed: int) -> None:
     try:
         with Store.open(path) as store:
             result = search.run_search(policies, store=store, **setup.inputs(seed),
-                                       checkpoint_hash=setup.checkpoint_hash, callback=report)
+                                       checkpoint_hash=setup.checkpoint_hash, callback=report,
+                                       ray=RayOptions() if on_ray else None)
     except BaseException:  # leave no empty database behind for the next visit to open
         if not existed:
             path.unlink(missing_ok=True)
         raise
     bar.progress(1.0, text=f"scored {result.scored} policies ({result.skipped} already stored) in "
-                           f"{result.seconds:.0f} s")
+                           f"{result.seconds:.0f} s" + (" on Ray" if on_ray else ""))
+    if result.failed:
+        st.warning(f"{result.failed} policies failed on Ray and were left out; run the search again to retry them.")
 
 
 def database_path(source: str) -> tuple[Path, str] | None:
@@ -109,10 +119,14 @@ def database_path(source: str) -> tuple[Path, str] | None:
         count = left.slider("Random candidates (the paper: 1,500)", 1, 64, 8)
         images = right.slider("Privacy images per policy", 1, 100, 4)
         seed = right.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0)
+        on_ray = right.checkbox("Run on Ray", value=False, disabled=not ray_installed(),
+                                help="Score the policies as Ray tasks, one CPU each, on this machine's Ray cluster "
+                                     "(started on first use: about 15 s)" if ray_installed() else
+                                "Ray is not installed: pip install 'ats[ray]'")
         submitted = st.form_submit_button("Run search", type="primary", disabled=bool(problem))
     path = Path(target).expanduser()
     if submitted:
-        small_search(path, int(count), int(images), int(seed))
+        small_search(path, int(count), int(images), int(seed), on_ray=bool(on_ray))
         st.session_state["search_db"] = str(path)
     if not path.is_file():
         st.caption("No results yet: press **Run search**.")

@@ -199,3 +199,21 @@ def test_bad_ray_flags_exit_2_with_one_line(capsys, argv, fragment):
     code = main(["search", "--candidates", "2", "--preset", "smoke", *argv])
     err = capsys.readouterr().err.strip()
     assert code == 2 and fragment in err and len(err.splitlines()) == 1
+
+
+def test_the_search_page_runs_a_small_search_on_ray(cluster, data_dir, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    root = Path(__file__).resolve().parents[1]
+    at = AppTest.from_file(str(root / "app_pages" / "search_explorer.py"), default_timeout=300).run()
+    at.radio(key="search_source").set_value("run").run()
+    target = tmp_path / "app-ray.db"
+    next(t for t in at.text_input if t.label == "Write results to").set_value(str(target))
+    next(c for c in at.checkbox if c.label == "Run on Ray").check()
+    next(s for s in at.slider if s.label.startswith("Random candidates")).set_value(2)
+    next(s for s in at.slider if s.label.startswith("Privacy images")).set_value(2)
+    next(b for b in at.button if b.label == "Run search").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    with Store.open(target) as store:
+        stored = {r.policy for g in store.groups() for r in store.get_scores(g.definition, g.checkpoint, g.seed)}
+    assert len(stored) == 6 and store.path == target  # the paper's 4 policies and 2 random ones
