@@ -100,7 +100,6 @@ def connect(options: RayOptions):
     if ray.is_initialized():
         return ray
     quiet = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster for one user; no token file
     if options.address == "auto":
         try:
             ray.init(address="auto", log_to_driver=False)
