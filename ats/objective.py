@@ -33,7 +33,8 @@ from torch.func import functional_call, grad, grad_and_value, vmap
 
 from ats.aware import shift_hypotheses, warp
 from ats.fedavg import LocalTraining, weight_difference
-from ats.federated import SharedUpdate, infer_label_counts, infer_labels
+from ats.federated import SharedUpdate
+from ats.labels import infer_label_counts, infer_labels
 from ats.models import input_stats, num_classes
 from ats.policy import Hybrid, Policy
 

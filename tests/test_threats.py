@@ -77,9 +77,19 @@ def test_fedavg_attack_with_one_step_is_the_fedsgd_attack(lenet):
     torch.testing.assert_close(recons[0].images, recons[1].images, rtol=0, atol=1e-4)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for a long CPU test: on a busy 2-core machine two threads (conftest's)
+    ran the FedAvg attack 4–15× slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_fedavg_attack_on_lenet_beats_the_mean_colour(lenet):
-    """E = 1, K = 2 on two bundled photos: L-BFGS on the cosine cost, 20 iterations (about 11 s on one core)."""
+def test_fedavg_attack_on_lenet_beats_the_mean_colour(lenet, one_thread):
+    """E = 1, K = 2 on two bundled photos: L-BFGS on the cosine cost, 20 iterations (about 12 s on one core)."""
     x, y = load_samples().batch([0, 1])
     shared, private = client_update(lenet, x, y, per_example=False, local_steps=1, local_batches=2, lr=0.01)
     config = replace(AttackConfig.lbfgs_cos(), lr=1.0, restarts=1, iterations=20)
