@@ -27,7 +27,9 @@ _HOMES = {
     # the client and its defenses
     "client_update": "federated", "SharedUpdate": "federated", "ClientRound": "federated",
     "ClientSecrets": "federated", "Defense": "federated", "parse_defense": "federated",
-    "infer_labels": "federated",
+    "infer_labels": "federated", "infer_label_counts": "labels",
+    # threat models beyond the paper's (issue 14)
+    "Threat": "threats", "parse_threat": "threats", "dp_epsilon": "privacy",
     # policies
     "Policy": "policy", "Hybrid": "policy", "parse_policy": "policy", "random_policy": "policy",
     # attacks and their evaluation

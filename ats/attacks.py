@@ -51,7 +51,7 @@ __all__ = ["AttackConfig", "COSTS", "DIVERGED", "INITS", "LABEL_MODES", "OPTIMIZ
 
 COSTS = ("cosine", "l2", "l1")
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
-LABEL_MODES = ("known", "infer", "joint")
+LABEL_MODES = ("known", "infer", "joint", "counts")
 INITS = ("randn", "rand", "zeros")
 
 
@@ -70,7 +70,8 @@ class AttackConfig:
     tv: float = 1e-4
     init: str = "randn"
     restarts: int = 1
-    labels: str = "known"  # known (leaked), infer (iDLG / bias rule) or joint (DLG soft labels)
+    labels: str = "known"  # known (leaked), infer (iDLG / bias rule), joint (DLG soft labels) or counts
+    # (per-class counts from the last layer, repeated labels included: `ats.federated.infer_label_counts`)
     momentum: float = 0.9  # sgd only
     history: int = 100  # lbfgs only: curvature pairs kept
     inner: int = 20  # lbfgs only: evaluations per iteration (torch's max_iter)

@@ -10,6 +10,10 @@ images produce and the target gradient the client shared:
 * squared L2: Deep Leakage from Gradients (Zhu et al., NeurIPS 2019) and iDLG (Zhao et al., 2020);
 * L1: the Adam+L1 variant of Gao et al.'s Table 2.
 
+Against a FedAvg client (`ats.fedavg`) the "trial gradient" is the weight difference the
+candidate's images produce under the client's local training, simulated step by step and
+differentiated through (Geiping et al. §6; Dimitrov et al., TMLR 2022); the costs are the same.
+
 All candidates' costs and their gradients come from one `torch.func.vmap(grad_and_value(...))`;
 a single candidate (one image, one restart: what the app and most notebook cells attack) takes
 plain autograd instead, the path of the original Inverting Gradients loop, which costs about half
@@ -28,7 +32,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
 from ats.aware import shift_hypotheses, warp
-from ats.federated import SharedUpdate, infer_labels
+from ats.fedavg import LocalTraining, weight_difference
+from ats.federated import SharedUpdate
+from ats.labels import infer_label_counts, infer_labels
 from ats.models import input_stats, num_classes
 from ats.policy import Hybrid, Policy
 
@@ -60,6 +66,7 @@ class Problem:
     leaves: dict[str, Tensor]  # the parameters as autograd leaves, for the one-candidate path
     direct: bool  # the leaves are the model's own parameters: the one-candidate path calls the model itself
     gathered: Tensor | None = None  # each candidate's target gradient, flattened: (N, P), made once
+    local: LocalTraining | None = None  # a FedAvg update: the client's local training, simulated
 
     @classmethod
     def build(cls, model: nn.Module, update: SharedUpdate, config: AttackConfig, *, joint: bool,
@@ -101,6 +108,7 @@ class Problem:
             restarts=config.restarts,
             leaves=own if direct else {n: p.detach().requires_grad_(True) for n, p in own.items()},
             direct=direct,
+            local=update.local,
         )
 
     @property
@@ -169,26 +177,30 @@ class Problem:
         from `torch.autograd.grad(..., create_graph=True)` on the parameters as leaves. It is
         flattened into one vector and compared with the flat `target` (P,) in a few operations,
         not a handful per parameter tensor: at one candidate on ResNet20 (65 tensors) the
-        per-tensor sums and their double backward cost several milliseconds a step.
+        per-tensor sums and their double backward cost several milliseconds a step. Against a
+        FedAvg update the trial is the simulated weight difference (`ats.fedavg.weight_difference`,
+        through `torch.func` on either path).
         """
         images, logits = self.unpack(v)
         pixels = images * self.std + self.mean
         if self.config.aware:
             pixels = warp(pixels, v[-2:], flip)
 
-        def loss_of(params: dict[str, Tensor]) -> Tensor:
+        def loss_of(params: dict[str, Tensor], batch: slice = slice(None)) -> Tensor:
             if params is self.leaves and self.direct:
-                out = self.model(pixels)  # no functional_call: its reparametrization costs ~10 % at N = 1
+                out = self.model(pixels[batch])  # no functional_call: its reparametrization costs ~10 % at N = 1
             else:
-                out = functional_call(self.model, (params, self.buffers), (pixels,))
+                out = functional_call(self.model, (params, self.buffers), (pixels[batch],))
             logp = torch.log_softmax(out, dim=-1)
             if logits is None:
-                loss = -logp.gather(1, labels[:, None]).mean()
+                loss = -logp.gather(1, labels[batch][:, None]).mean()
             else:
-                loss = -(torch.softmax(logits, dim=-1) * logp).sum(-1).mean()
+                loss = -(torch.softmax(logits[batch], dim=-1) * logp).sum(-1).mean()
             return 0.5 * loss if self.half else loss
 
-        if plain:
+        if self.local is not None:  # FedAvg: the candidate's own local training, simulated
+            trial = tuple(weight_difference(loss_of, self.params, self.k, self.local).values())
+        elif plain:
             trial = torch.autograd.grad(loss_of(self.leaves), tuple(self.leaves.values()),
                                         create_graph=True, materialize_grads=True)
         else:
@@ -237,7 +249,8 @@ def _check_update(model: nn.Module, update: SharedUpdate, joint: bool) -> None:
 
 
 def _attack_labels(model: nn.Module, update: SharedUpdate, config: AttackConfig, device: torch.device) -> Tensor:
-    """The labels the attacker uses (B,): leaked, inferred (iDLG / bias rule), or placeholders (joint)."""
+    """The labels the attacker uses (B,): leaked, inferred (iDLG / bias rule), counted per class
+    (repeats included), or placeholders (joint)."""
     if config.labels == "known":
         if update.labels is None:
             raise ValueError("labels='known' needs the labels in the shared update, but this client kept them "
@@ -245,6 +258,8 @@ def _attack_labels(model: nn.Module, update: SharedUpdate, config: AttackConfig,
         return update.labels.to(device)
     if config.labels == "infer":
         return infer_labels(update, model).to(device)
+    if config.labels == "counts":
+        return infer_label_counts(update, model).to(device)
     return torch.zeros(update.batch_size, dtype=torch.long, device=device)
 
 

@@ -1,4 +1,8 @@
-"""`ats attack`: reconstruct images from a shared gradient and score the result."""
+"""`ats attack`: reconstruct images from a shared gradient and score the result.
+
+`--threat` picks what the client shares (`ats.threats`: fedsgd, batch-B, fedavg-E-K); `--defense dp-C-σ`
+is DP-SGD (`ats.privacy`), whose ε the JSON reports.
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +16,7 @@ from ats.cli import add_common, check_folder, dumps, log, progress
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ats.attacks import PRESETS
+    from ats.fedavg import FEDAVG_LR
 
     p = sub.add_parser("attack", help="reconstruct images from a shared gradient and score the result",
                        description="Run a gradient-inversion attack on real images and report how well it worked.")
@@ -23,7 +28,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="resnet20", help="resnet20-4, resnet20, convnet or lenet (default resnet20)")
     p.add_argument("--checkpoint", type=Path, help="trained weights (default: an untrained model)")
     p.add_argument("--policy", default="none", help="transformation policy, e.g. 3-1-7 or 3-1-7+43-18-18")
-    p.add_argument("--defense", default="none", help="gradient defense: none, prune-70, gauss-1e-3, lap-1e-3, ...")
+    p.add_argument("--defense", default="none",
+                   help="gradient defense: none, prune-70, gauss-1e-3, lap-1e-3, ..., or DP-SGD dp-C-σ (e.g. dp-1-1.1: "
+                        "clip each image's gradient to norm C, add noise σ·C to the sum); for dp the JSON gives the "
+                        "ε of one step at δ = 1e-5 and sampling rate (images in one shared update) / (images in the "
+                        "data set: 1 for --image), from Opacus's RDP accountant")
+    p.add_argument("--threat", default="fedsgd",
+                   help="what the client shares: fedsgd (default: a gradient, per image unless --joint), batch-B "
+                        "(one gradient of the B images of --indices, labels kept: counted from the last layer, "
+                        "reconstructed jointly), fedavg-E-K (the weight difference after E local epochs over K "
+                        f"mini-batches of the images, SGD at lr {FEDAVG_LR:g}; reconstructed jointly)")
     p.add_argument("--attack", default="ig", choices=list(PRESETS), help="attack preset (default ig)")
     p.add_argument("--iterations", type=int, help="override the preset's iterations")
     p.add_argument("--restarts", type=int, help="override the preset's restarts")
@@ -35,7 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_images(args, num_classes_hint: int):
-    """(x, y, indices, classes) for --data/--indices or --image."""
+    """(x, y, indices, classes, population) for --data/--indices or --image; `population` is the
+    number of images they were drawn from (1 for --image)."""
     from ats import data
     from ats.images import load_image
     from ats.indices import parse_indices
@@ -56,11 +71,11 @@ def _load_images(args, num_classes_hint: int):
             raise ValueError(f"--label {label} is out of range 0–{num_classes_hint - 1}")
         import torch
 
-        return x, torch.tensor([label]), [0], classes
+        return x, torch.tensor([label]), [0], classes, 1
     images = data.load_samples() if args.data == "samples" else data.load_dataset(args.data, "test")
     indices = parse_indices(args.indices, limit=min(MAX_ATTACK_IMAGES, len(images)))
     x, y = images.batch(indices)
-    return x, y, list(indices), images.classes
+    return x, y, list(indices), images.classes, len(images)
 
 
 def attack_config(args):
@@ -94,28 +109,32 @@ def run(args) -> int:
     from ats.federated import client_update, parse_defense
     from ats.policy import Policy, parse_policy
     from ats.runtime import describe_device, make_generator, pick_device
+    from ats.threats import parse_threat
     from ats.viz import save_grid
 
     device = pick_device(args.device)
     policy = parse_policy(args.policy)
     defense = parse_defense(args.defense)
-    config = attack_config(args)
+    threat = parse_threat(args.threat)
+    config = threat.attack_config(attack_config(args))
+    joint = bool(args.joint or threat.aggregated)
     out = check_folder(args.out or Path("runs") / time.strftime("attack-%Y%m%d-%H%M%S"))
     model, num_classes = checkpoints.model_for_data(args.model, args.data, checkpoint=args.checkpoint, device=device,
                                                seed=args.seed)
     model.eval()
-    x, y, indices, _ = _load_images(args, num_classes)
+    x, y, indices, _, population = _load_images(args, num_classes)
+    options = threat.client_options(len(indices), joint=joint)
     if int(y.max()) >= num_classes:
         raise ValueError(f"label {int(y.max())} does not fit a model with {num_classes} classes")
     check_attack_memory(model, args.model if args.checkpoint is None else str(args.checkpoint), len(indices), config,
-                        args.joint, device)
+                        joint, device)
     x, y = x.to(device), y.to(device)
     generator = make_generator(args.seed, device)
     crop_flip = policy != Policy.none()  # as before: crop and flip come with a policy, not without
     shared, private = client_update(model, x, y, policy, defense, crop_flip=crop_flip, generator=generator,
-                                    per_example=not args.joint)
+                                    **options)
     log(f"ats attack: {config.name} on {len(indices)} image(s), {type(model).__name__}, "
-         f"policy {policy}, defense {defense}, {describe_device(device)}")
+         f"policy {policy}, defense {defense}, threat {threat}, {describe_device(device)}")
     started = time.perf_counter()
     final = None
     bar = progress(config.iterations)
@@ -135,7 +154,9 @@ def run(args) -> int:
         "model": args.model if args.checkpoint is None else str(args.checkpoint),
         "policy": str(policy),
         "defense": str(defense),
-        "joint": bool(args.joint),
+        "threat": str(threat),
+        **_privacy(defense, 1 if shared.per_example else shared.batch_size, population),
+        "joint": joint,
         "summary": summarize(results),
         "results": [r.to_dict() for r in results],
         "grid": str(out / "grid.png"),
@@ -150,6 +171,17 @@ def run(args) -> int:
     return 0
 
 
+def _privacy(defense, batch: int, population: int) -> dict:
+    """For DP-SGD: ε at δ = 1e-5 of the one step taken, at sampling rate `batch` / `population`."""
+    from ats.privacy import DP_DELTA, dp_epsilon
+
+    if defense.kind != "dp":
+        return {}
+    rate = min(1.0, batch / population)
+    return {"epsilon": dp_epsilon(defense.amount, rate, 1, DP_DELTA), "delta": DP_DELTA,
+            "sample_rate": rate, "steps": 1}
+
+
 def _print_table(results, document) -> None:
     print(f"{'index':>5} {'label':>5} {'label ok':>8} {'psnr_x':>7} {'psnr_tx':>7} {'ssim_x':>6} {'ssim_tx':>7}"
           "  status")
@@ -161,4 +193,7 @@ def _print_table(results, document) -> None:
         print(f"mean PSNR {s['psnr_x_mean']:.2f} dB (median {s['psnr_x_median']:.2f}) against the original x, "
               f"{s['psnr_tx_mean']:.2f} dB against the transformed T(x); "
               f"labels recovered {s['label_accuracy']:.0%}; {document['seconds']:.1f} s on {document['device']}")
+    if "epsilon" in document:
+        print(f"DP-SGD: ε = {document['epsilon']:.3g} at δ = {document['delta']:g} for {document['steps']} step at "
+              f"sampling rate {document['sample_rate']:.3g}")
     print(f"grid: {document['grid']}")
