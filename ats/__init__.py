@@ -40,6 +40,7 @@ _HOMES = {
     # scores and search
     "privacy_score": "scores", "accuracy_score": "scores", "ScoreConfig": "scores",
     "ScoringSetup": "scoring", "run_search": "search", "candidates": "search", "select": "selection",
+    "RayOptions": "distributed",
     "Store": "store",
     # models, data, training, the benchmark
     "build_model": "models", "load_checkpoint": "checkpoints", "save_checkpoint": "checkpoints",
