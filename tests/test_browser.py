@@ -152,13 +152,20 @@ class Page:
             time.sleep(0.1)
         return time.monotonic() - started
 
-    def click(self, text: str, selector: str = "button") -> None:
-        """Click the shown, enabled `selector` element whose text is `text` (after an icon, for a page link)."""
-        found = self.evaluate(f"""(() => {{ const e = [...document.querySelectorAll({json.dumps(selector)})]
-            .find(e => !e.disabled && (e.offsetParent !== null || e.closest("[data-testid=stStatusWidget]"))
-                       && (e.innerText.trim() === {json.dumps(text)}
-                       || (e.tagName === "A" && e.innerText.trim().endsWith({json.dumps(text)}))));
-            if (!e) return false; e.click(); return true; }})()""")
+    def click(self, text: str, selector: str = "button", wait: float = 0.0) -> None:
+        """Click the shown, enabled `selector` element whose text is `text` (after an icon, for a page
+        link), looking again for up to `wait` seconds (Streamlit shows its Stop button a moment after
+        a run starts)."""
+        deadline = time.monotonic() + wait
+        while True:
+            found = self.evaluate(f"""(() => {{ const e = [...document.querySelectorAll({json.dumps(selector)})]
+                .find(e => !e.disabled && (e.offsetParent !== null || e.closest("[data-testid=stStatusWidget]"))
+                           && (e.innerText.trim() === {json.dumps(text)}
+                           || (e.tagName === "A" && e.innerText.trim().endsWith({json.dumps(text)}))));
+                if (!e) return false; e.click(); return true; }})()""")
+            if found or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
         assert found, f"no enabled {selector} {text!r} on the page"
 
     def choose(self, group: str, option: str) -> None:
@@ -349,7 +356,7 @@ def test_a_three_way_compare_in_chromium(app_url, tmp_path):
         page.wait_for("Running…", 60)
         page.wait_for(": iteration ", 60)
         started = time.monotonic()
-        page.click("Stop", "[data-testid=stStatusWidget] button")
+        page.click("Stop", "[data-testid=stStatusWidget] button", wait=20)
         idle(page, 120)
         note("Stop pressed until the run stops", time.monotonic() - started)
         dom = page.evaluate("document.documentElement.outerHTML")

@@ -10,11 +10,9 @@ import contextlib
 import json
 import math
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,13 +22,13 @@ import torch
 ray = pytest.importorskip("ray")
 
 from ats import models, scores, search  # noqa: E402
-from ats.benchmark import BenchmarkConfig, run_benchmark  # noqa: E402
+from ats.benchmark import BenchmarkConfig, grid_path, run_benchmark  # noqa: E402
 from ats.cells import CellKey  # noqa: E402
-from ats.benchmark import grid_path  # noqa: E402
 from ats.checkpoints import load_tensors  # noqa: E402
 from ats.data import load_dataset  # noqa: E402
 from ats.distributed import RayOptions, connect, shutdown  # noqa: E402
 from ats.store import Store  # noqa: E402
+from killing import kill_after_rows  # noqa: E402
 
 pytestmark = pytest.mark.slow
 BAD = "15-9-39"  # one of the first 8 seeded candidates
@@ -163,20 +161,7 @@ def test_a_ray_search_killed_with_sigkill_resumes_to_exactly_n_rows(cluster, dat
                                              checkpoints.ModelMeta("lenet", "cifar100", 100, "none", recipe="test"))
     db = tmp_path / "results.db"
     environment = dict(os.environ, ATS_DATA_DIR=str(data_dir), RAY_ADDRESS=cluster)
-    process = subprocess.Popen(_search(db, checkpoint), env=environment, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline, count = time.monotonic() + 180, 0
-    while time.monotonic() < deadline and process.poll() is None:
-        if db.exists():
-            with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(db, timeout=5)) as c:
-                count = c.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
-            if count >= 2:
-                break
-        time.sleep(0.05)
-    process.kill()  # SIGKILL to the driver: no chance to clean up
-    process.wait()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+    count = kill_after_rows(_search(db, checkpoint), environment, db, table="scores", rows=2, seconds=180)
     assert 2 <= count < 8, "the search should be killed halfway"
     finished = subprocess.run(_search(db, checkpoint), env=environment, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr

@@ -8,7 +8,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
 import pytest
@@ -19,6 +18,7 @@ from ats.policy import Policy
 from ats.racing import Racing, surely_beaten
 from ats.selection import pareto_front, select
 from ats.store import ScoreRow, Store
+from killing import kill_after_rows
 
 
 def row(policy: str, privacy: float, accuracy: float, per_image: tuple[float, ...] = (0.0,)) -> ScoreRow:
@@ -241,19 +241,7 @@ def _search(db, checkpoint, *extra) -> list[str]:
 def test_search_killed_halfway_resumes_without_losing_or_duplicating(tmp_path, data_dir, lenet_checkpoint):
     db = tmp_path / "results.db"
     environment = dict(os.environ, ATS_DATA_DIR=str(data_dir))
-    process = subprocess.Popen(_search(db, lenet_checkpoint), env=environment, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    count = 0
-    while time.monotonic() < deadline and process.poll() is None:
-        if db.exists():
-            with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(db, timeout=5)) as c:
-                count = c.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
-            if count >= 2:
-                break
-        time.sleep(0.05)
-    process.kill()  # SIGKILL: no chance to clean up
-    process.wait()
+    count = kill_after_rows(_search(db, lenet_checkpoint), environment, db, table="scores", rows=2, seconds=120)
     assert 2 <= count < 8, "the search should be killed halfway"
     finished = subprocess.run(_search(db, lenet_checkpoint), env=environment, capture_output=True, text=True,
                               timeout=300)
