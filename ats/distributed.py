@@ -228,7 +228,8 @@ def score_on_ray(names: Sequence[str], objects: dict, store: Store, scorer, opti
     caller to wait for. `report(policy, row)` is called per policy (row None when it failed).
     Returns the stored rows and the policies left to the caller."""
     claimed = [n for n in names if store.claim(n, definition, checkpoint_hash, seed)]
-    held = [n for n in names if n not in set(claimed)]
+    mine = set(claimed)
+    held = [n for n in names if n not in mine]
     rows: list = []
     if not claimed:
         return rows, held
@@ -266,7 +267,7 @@ def score_on_ray(names: Sequence[str], objects: dict, store: Store, scorer, opti
 def _victim_task(victim, config, data_root, seed: int, workdir: str, threads: int, gpus: float):
     """Find or make `victim`'s checkpoint (`ats.victims.model_for`, in `workdir` as seen by this
     worker); returns its metadata (path, hash, accuracy) and, separately, its bytes."""
-    from ats import checkpoints, data as data_module
+    from ats import data as data_module
     from ats.victims import model_for
 
     torch.set_num_threads(threads)
@@ -274,11 +275,11 @@ def _victim_task(victim, config, data_root, seed: int, workdir: str, threads: in
     train = data_module.load_dataset("cifar100", "train", root=data_root) if victim.stage > 0 else None
     path, meta = model_for(victim, config, workdir=Path(workdir), train_data=train, test_data=test, seed=seed,
                            device=_device(gpus))
-    return {"name": path.name, "digest": checkpoints.checkpoint_hash(path), "accuracy": meta.accuracy}, \
-        path.read_bytes()
+    return _victim_meta(path, meta), path.read_bytes()
 
 
 def _victim_meta(path: Path, meta) -> dict:
+    """What a cell needs to know of its victim's checkpoint: its file name, hash and test accuracy."""
     from ats import checkpoints
 
     return {"name": path.name, "digest": checkpoints.checkpoint_hash(path), "accuracy": meta.accuracy}
