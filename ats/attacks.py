@@ -14,6 +14,10 @@ Implements, on one batched engine:
   the paper left out and the 2022 ReScience reproduction found undoes most of the translations'
   protection.
 
+Against a FedAvg update (`ats.fedavg`) every attack matches the weight difference its candidates
+produce under the client's simulated local steps; with `labels="counts"` a batch's labels are
+counted per class from the last layer first (`ats.labels`), repeated labels included.
+
 Every attack optimizes N *candidates* at once, one per (target, restart). For independent attacks
 each candidate holds one image and matches that image's own gradient; for a joint attack each
 candidate holds the whole batch and matches the one aggregated gradient. This module holds the

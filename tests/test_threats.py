@@ -77,6 +77,19 @@ def test_fedavg_attack_with_one_step_is_the_fedsgd_attack(lenet):
     torch.testing.assert_close(recons[0].images, recons[1].images, rtol=0, atol=1e-4)
 
 
+def test_fedavg_attack_is_batched_over_restarts(lenet):
+    """Candidates × restarts through one vmap agree with each candidate alone (plain autograd)."""
+    x, y = images(2), REPEATED[:2]
+    shared, _ = client_update(lenet, x, y, per_example=False, local_steps=2, local_batches=2)
+    problem = Problem.build(lenet, shared, replace(AttackConfig.ig(), restarts=3), joint=True)
+    z = torch.randn(3, 2 * 3 * 32 * 32, generator=torch.Generator().manual_seed(2))
+    costs, grads = problem.costs_and_grads(z)
+    for row in range(3):
+        alone, grad_alone = problem.costs_and_grads(z, rows=torch.tensor([row]))
+        torch.testing.assert_close(costs[row], alone[0], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(grads[row], grad_alone[0], rtol=1e-3, atol=1e-6)
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread for a long CPU test: on a busy 2-core machine two threads (conftest's)
