@@ -15,6 +15,7 @@ In `ats` DP is the defense string `dp-C-σ` (e.g. `dp-1-1.1`), parsed by
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -82,5 +83,52 @@ def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: f
         raise ImportError("dp_epsilon needs the opacus package: pip install 'ats[dp]'") from error
     orders = RDPAccountant.DEFAULT_ALPHAS
     rdp = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=steps, orders=orders)
-    epsilon, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
+    with warnings.catch_warnings():  # "optimal order is the largest alpha": a looser bound, still a bound
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        epsilon, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
     return float(epsilon)
+
+
+def update_epsilon(noise_multiplier: float, delta: float = DP_DELTA) -> float:
+    """ε of one DP-SGD update that surely holds the image (sampling rate 1, one step), at `delta`.
+
+    This bounds what the one shared update an attacker inverts can reveal about an image in it,
+    with no amplification by sampling (the attacker knows the client used the image).
+    """
+    return dp_epsilon(noise_multiplier, 1.0, 1, delta)
+
+
+def training_steps(images: int, batch_size: int, epochs: int) -> int:
+    """The steps of `epochs` passes over `images` in batches of `batch_size` (the last batch partial)."""
+    if images < 1 or batch_size < 1 or epochs < 0:
+        raise ValueError(f"images={images}, batch_size={batch_size} must be at least 1, epochs={epochs} not negative")
+    return epochs * -(-images // batch_size)
+
+
+def training_epsilon(noise_multiplier: float, batch_size: int, images: int, epochs: int,
+                     delta: float = DP_DELTA) -> float:
+    """ε of DP-SGD training for `epochs` epochs over `images` in batches of `batch_size`, at `delta`.
+
+    The sampling rate is batch_size / images and the steps `training_steps`; 0 epochs spend no
+    budget (ε = 0). `ats.train` shuffles and takes fixed-size batches, where the RDP analysis
+    assumes Poisson sampling: the usual approximation (Opacus's own default data loader makes it
+    too), not a proof for the batches actually drawn.
+    """
+    if epochs == 0:
+        return 0.0
+    return dp_epsilon(noise_multiplier, min(1.0, batch_size / images), training_steps(images, batch_size, epochs),
+                      delta)
+
+
+def noise_for_epsilon(epsilon: float, *, sample_rate: float = 1.0, steps: int = 1, delta: float = DP_DELTA) -> float:
+    """The noise multiplier σ at which DP-SGD spends `epsilon` (Opacus's `get_noise_multiplier`, RDP)."""
+    if not 0 < epsilon < math.inf:
+        raise ValueError(f"the target ε must be positive and finite, got {epsilon}")
+    try:
+        from opacus.accountants.utils import get_noise_multiplier
+    except ImportError as error:
+        raise ImportError("noise_for_epsilon needs the opacus package: pip install 'ats[dp]'") from error
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
+                                          steps=steps, accountant="rdp"))

@@ -39,7 +39,7 @@ class TrainRecipe:
     eval_every: int = 0  # evaluate on the test set every N epochs (0: only at the end)
     eval_images: int | None = None  # evaluate on the first N test images (None: all)
     normalization: str | None = None  # None: the dataset's own statistics; "cifar10" as the original
-    defense: str = "none"  # a gradient defense on every step ("prune-70", "gauss-1e-3", "lap-1e-2")
+    defense: str = "none"  # a gradient defense on every step ("prune-70", "gauss-1e-3", "lap-1e-2", DP-SGD "dp-1-1.1")
 
     @classmethod
     def paper(cls) -> TrainRecipe:

@@ -11,7 +11,9 @@ so `TrainRecipe.tiny` draws a seeded class-balanced 10 % and trains the paper's 
 
 Augmentation runs batched on the training device (`ats.policy.transform`). With `recipe.defense`
 (Table 3's defended models) every step's batch gradient goes through that `ats.federated.Defense`
-before the optimizer step, just as a client's shared update does. Randomness comes from
+before the optimizer step, just as a client's shared update does; under DP-SGD (`dp-C-σ`) each
+step computes every example's gradient, clips it to C and adds noise σ·C to the sum (Abadi et
+al. 2016), for models without BatchNorm; `ats.privacy.training_epsilon` gives the ε it spends. Randomness comes from
 generators seeded by `seed`, and after every epoch the whole training state is written next to the
 output, so an interrupted run resumes (`resume=True`) and ends with the same weights. `train` is
 restore (`_restore`), then per epoch one pass (`_train_epoch`) and its end (`_end_epoch`: evaluate,
@@ -32,6 +34,7 @@ from ats import data as data_module
 from ats import checkpoints, models
 from ats.federated import LOSSES as LOSS_FUNCTIONS
 from ats.federated import Defense, parse_defense
+from ats.privacy import dp_sgd
 from ats.indices import class_balanced_subset
 from ats.models import NUM_CLASSES
 from ats.policy import Hybrid, Policy, as_policy, transform
@@ -184,6 +187,7 @@ class _Run:
                                    normalization=recipe.normalization, seed=seed).to(device)
         memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
         model = model.to(memory_format=memory_format)  # about 1.5× faster convolutions on a 2-core CPU
+        check_dp_trainable(model, parse_defense(recipe.defense))
         optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                     nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, recipe.milestone_epochs(), recipe.gamma)
@@ -257,11 +261,15 @@ def _train_epoch(run: _Run, recipe: TrainRecipe, policy: Policy | Hybrid,
         index = order[(batch - 1) * recipe.batch_size: batch * recipe.batch_size]
         x = run.images[index].float() / 255.0  # (B, 3, H, W)
         x = transform(x, policy, run.augment_generator, crop_flip=recipe.crop_flip, semantics=recipe.semantics)
-        loss = loss_fn(run.model(x.contiguous(memory_format=run.memory_format)), run.labels[index])
+        x = x.contiguous(memory_format=run.memory_format)
         run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if run.defense.kind != "none":
-            _defend_gradients(run)
+        if run.defense.kind == "dp":  # DP-SGD: per-example gradients, clipped, noised, averaged
+            loss = _dp_sgd_gradients(run, x, run.labels[index], loss_fn)
+        else:
+            loss = loss_fn(run.model(x), run.labels[index])
+            loss.backward()
+            if run.defense.kind != "none":
+                _defend_gradients(run)
         run.optimizer.step()
         total += loss.detach() * len(index)
         if batch < batches:
@@ -276,6 +284,37 @@ def _defend_gradients(run: _Run) -> None:
         defended = run.defense.apply(tuple(p.grad for p in params), run.defense_generator, per_example=False)
         for p, g in zip(params, defended):
             p.grad.copy_(g)  # keeps the gradient's memory format (channels_last)
+
+
+def _dp_sgd_gradients(run: _Run, x: torch.Tensor, labels: torch.Tensor, loss_fn) -> torch.Tensor:
+    """Put DP-SGD's update (Abadi et al. 2016; `ats.privacy.dp_sgd`) in the parameters' `.grad`:
+    every example's gradient (`torch.func.vmap` of `grad`) clipped to C, summed, noised with σ·C
+    from the run's defense generator, divided by the batch size. Returns the batch's mean loss."""
+    from torch.func import functional_call, grad, vmap
+
+    names = [name for name, p in run.model.named_parameters() if p.requires_grad]
+    params = {name: p.detach() for name, p in run.model.named_parameters() if p.requires_grad}
+    buffers = dict(run.model.named_buffers())
+
+    def one(params: dict[str, torch.Tensor], image: torch.Tensor, label: torch.Tensor):
+        loss = loss_fn(functional_call(run.model, (params, buffers), (image[None],)), label[None])
+        return loss, loss.detach()
+
+    grads, losses = vmap(grad(one, has_aux=True), in_dims=(None, 0, 0))(params, x, labels)
+    update = dp_sgd(tuple(grads[name] for name in names), run.defense.clip, run.defense.amount,
+                    run.defense_generator, aggregate=True)
+    for p, g in zip((p for p in run.model.parameters() if p.requires_grad), update):
+        p.grad = torch.empty_like(p).copy_(g)  # the parameter's own memory format (channels_last)
+    return losses.mean()
+
+
+def check_dp_trainable(model: nn.Module, defense: Defense) -> None:
+    """DP-SGD needs each example's own gradient, which BatchNorm does not have (its statistics mix
+    the batch's examples; Opacus refuses it too): a ValueError naming the model and what trains."""
+    if defense.kind == "dp" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ValueError(f"DP-SGD training ({defense}) needs per-example gradients, which "
+                         f"{type(model).__name__}'s BatchNorm layers mix across the batch; train an architecture "
+                         "without BatchNorm (lenet) under DP-SGD")
 
 
 def _end_epoch(run: _Run, recipe: TrainRecipe, test: data_module.ImageSet | None, epoch_loss: float,

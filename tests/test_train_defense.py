@@ -111,3 +111,48 @@ def test_defense_is_canonical_and_recorded_in_the_checkpoint(small_train, tmp_pa
     del payload["meta"]["defense"]
     checkpoints.atomic_save(payload, tmp_path / "old.pt")
     assert checkpoints.load_checkpoint(tmp_path / "old.pt")[1].defense == "none"
+
+
+# --- DP-SGD training (issue 14): per-example clipping and noise on every step ---------------------
+
+def _flat(step: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.flatten() for g in step])
+
+
+def test_dp_sgd_without_clipping_or_noise_is_plain_sgd(small_train, tmp_path):
+    """C far above every example's norm and σ = 0: the mean of per-example gradients is the batch gradient."""
+    dp = _gradients_at_step(_fast(arch="lenet", epochs=1, defense="dp-1000-0"), small_train, tmp_path / "d.pt")
+    plain = _gradients_at_step(_fast(arch="lenet", epochs=1), small_train, tmp_path / "n.pt")
+    assert len(dp) == len(plain) == 4
+    torch.testing.assert_close(_flat(dp[0]), _flat(plain[0]), rtol=1e-4, atol=1e-6)
+
+
+def test_dp_sgd_clips_every_example_and_adds_sigma_c_noise(small_train, tmp_path):
+    clipped = _gradients_at_step(_fast(arch="lenet", epochs=1, defense="dp-0.01-0"), small_train, tmp_path / "c.pt")
+    plain = _gradients_at_step(_fast(arch="lenet", epochs=1), small_train, tmp_path / "n.pt")
+    assert _flat(plain[0]).norm() > 0.05  # the plain batch gradient is far above C = 0.01 ...
+    for step in clipped:  # ... and the mean of clipped gradients cannot exceed C
+        assert _flat(step).norm() <= 0.01 * (1 + 1e-4)
+    noisy = _gradients_at_step(_fast(arch="lenet", epochs=1, defense="dp-0.01-2"), small_train, tmp_path / "s.pt")
+    noise = _flat(noisy[0]) - _flat(clipped[0])  # the first step: same weights, same batch
+    expected = 2 * 0.01 / 25  # σ·C on the sum, divided by the batch of 25
+    assert abs(float(noise.std()) / expected - 1) < 0.02 and abs(float(noise.mean())) < 3 * expected / noise.numel() ** 0.5
+
+
+def test_dp_sgd_training_refuses_batchnorm_models(small_train, tmp_path):
+    with pytest.raises(ValueError, match="BatchNorm"):
+        train(_fast(epochs=1, defense="dp-1-1"), data=small_train, out=tmp_path / "r.pt", seed=0, device="cpu")
+
+
+def test_dp_sgd_training_epsilon_matches_opacus_accountant():
+    """ε of the recipe's steps: Opacus's RDPAccountant stepped by hand gives the same number."""
+    from opacus.accountants import RDPAccountant
+
+    from ats.privacy import training_epsilon, training_steps
+
+    accountant = RDPAccountant()
+    steps = training_steps(50_000, 64, 5)
+    assert steps == 5 * 782
+    accountant.history = [(1.1, 64 / 50_000, steps)]
+    assert training_epsilon(1.1, 64, 50_000, 5) == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-6)
+    assert training_epsilon(1.1, 64, 50_000, 0) == 0.0
