@@ -39,17 +39,15 @@ from torch import nn
 
 from ats import attacks, checkpoints, data as data_module
 from ats.cells import CellKey, cell_attack, cell_key, plan_cells
-from ats.evaluation import SCORED, evaluate_reconstruction, summarize
-from ats.federated import client_update
+from ats.evaluation import SCORED, summarize
 from ats.indices import ATTACK_SET
-from ats.policy import Policy, parse_policy
 from ats.protocol import BenchmarkConfig
 from ats.published import PAPER, RESCIENCE
-from ats.runtime import make_generator
 from ats.scores import ScoreConfig, default_score_checkpoint
 from ats.scoring import ScoringSetup
 from ats.stats import bootstrap_ci, correlation_study
 from ats.store import BenchmarkRow, Store
+from ats.threats import attack_threat
 from ats.victims import VictimModels
 
 if TYPE_CHECKING:
@@ -85,7 +83,7 @@ class BenchmarkResult:
         for row in self.rows:
             flat = {"study": row.study, "policy": row.policy, "defense": row.defense, "attack": row.attack,
                     "stage": row.summary.get("stage"), "images": row.images, "iterations": row.iterations,
-                    **row.summary}
+                    "threat": "fedsgd", **row.summary}
             if row.study == "table":
                 paper_key = (row.policy if row.policy in paper_policies else "random", row.defense)
                 flat["paper_psnr"], flat["paper_accuracy"] = PAPER.get(paper_key, (math.nan, math.nan))
@@ -95,7 +93,7 @@ class BenchmarkResult:
 
 
 def cell_summary(results, accuracy: float | None, privacy: float | None = None, *, stage: int | None = None,
-                 arch: str = "") -> dict:
+                 arch: str = "", extra: dict | None = None) -> dict:
     """The aggregates of one cell: `summarize`'s, under its names (`psnr_tx_mean` against T(x),
     `psnr_x_mean` against x, `baseline_grey_median`, …; NaN when no image finished), 95 % bootstrap
     intervals on the median and mean PSNR against x, the model's test accuracy, stage and arch."""
@@ -113,23 +111,38 @@ def cell_summary(results, accuracy: float | None, privacy: float | None = None, 
         summary["arch"] = arch
     if privacy is not None:
         summary["privacy"] = float(privacy)
+    summary.update(extra or {})
     return summary
 
 
 def attack_cell(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, policy: str, defense: str,
-                config: attacks.AttackConfig, seed: int, indices: Sequence[int]):
-    """Attack every image of `x` alone (one batched run): the client's update with `policy` and
-    `defense`, then `config` (told the policy, which only the policy-aware attacker uses).
+                config: attacks.AttackConfig, seed: int, indices: Sequence[int], threat: str = "fedsgd"):
+    """Attack the images of `x` as `threat` deals them to clients (fedsgd: every image alone, in
+    one batched run; `ats.threats.attack_threat`): the client's update with `policy` and `defense`,
+    then `config` (told the policy, which only the policy-aware attacker uses).
     Returns the per-image results, the reconstruction and what the client kept."""
-    device = next(model.parameters()).device
-    generator = make_generator(seed, device)  # the same crops, flips and signs for every defense
-    parsed = parse_policy(policy)
-    crop_flip = parsed != Policy.none()  # as the original: the baseline's attacked images are x itself
-    shared, private = client_update(model, x, y, parsed, defense, crop_flip=crop_flip, generator=generator,
-                                    per_example=True)
-    recon = attacks.reconstruct(model, shared, config, generator=make_generator(seed + 1, device),
-                                policy=parsed, crop_flip=crop_flip)
-    return evaluate_reconstruction(recon, private, x, indices), recon, private
+    outcome = attack_threat(model, x, y, threat, config, policy=policy, defense=defense, seed=seed, indices=indices)
+    return outcome.results, outcome.recon, outcome.private
+
+
+def dp_budget(defense: str, recipe, stage: int, *, trained: bool) -> dict:
+    """For a DP-SGD cell (`dp-C-σ`): ε of the one attacked update (sampling rate 1, one step) and,
+    when the victim was trained under that DP-SGD (`trained`), ε of its training to `stage` epochs
+    (`ats.privacy.training_epsilon` over the recipe's CIFAR-100 share and batch), at δ = 1e-5."""
+    from ats.federated import parse_defense
+    from ats.privacy import DP_DELTA, training_epsilon, update_epsilon
+
+    parsed = parse_defense(defense)
+    if parsed.kind != "dp":
+        return {}
+    out = {"epsilon_update": update_epsilon(parsed.amount), "delta": DP_DELTA}
+    if trained:
+        images = CIFAR100_TRAIN_CLASSES * max(1, round(CIFAR100_TRAIN_PER_CLASS * recipe.data_fraction))
+        out["epsilon_train"] = training_epsilon(parsed.amount, recipe.batch_size, images, stage)
+    return out
+
+
+CIFAR100_TRAIN_CLASSES, CIFAR100_TRAIN_PER_CLASS = 100, 500  # the train split behind the recipes' shares
 
 
 # --- the runner: plan the cells, get each victim model once (`ats.victims`), run one cell ----------
@@ -171,17 +184,27 @@ def save_grid(path: Path, key: CellKey, recon, private, n: int) -> None:
 
 def run_cell(key: CellKey, attack: attacks.AttackConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
              indices: Sequence[int], accuracy: float | None, privacy: PrivacyScorer | None, stage: int | None = None,
-             arch: str = "", grid: Path | None = None, grid_images: int = 0) -> BenchmarkRow:
-    """Attack one cell (scoring its policy first, in the correlation study) and return its row;
-    with `grid`, its first `grid_images` reconstructions are saved there."""
+             arch: str = "", grid: Path | None = None, grid_images: int = 0, threat: str = "fedsgd",
+             extra: dict | None = None) -> BenchmarkRow:
+    """Attack one cell (scoring its policy first, in the correlation study) under `threat` and
+    return its row, `extra` (a DP budget, say) in its summary; with `grid`, its first
+    `grid_images` reconstructions are saved there."""
     started = time.perf_counter()
     score = privacy.score(key.policy) if key.study == "correlation" else None
     results, recon, private = attack_cell(model, x, y, policy=key.policy, defense=key.defense, config=attack,
-                                          seed=key.seed, indices=indices)
+                                          seed=key.seed, indices=indices, threat=threat)
     if grid is not None:
         save_grid(grid, key, recon, private, grid_images)
-    summary = cell_summary(results, accuracy, score, stage=stage, arch=arch)
+    extra = {**(extra or {}), **({"threat": threat} if threat != "fedsgd" else {})}
+    summary = cell_summary(results, accuracy, score, stage=stage, arch=arch, extra=extra)
     return BenchmarkRow(*key.astuple(), summary, tuple(r.to_dict() for r in results), time.perf_counter() - started)
+
+
+def cell_extras(cell, config: BenchmarkConfig) -> dict:
+    """`run_cell`'s `threat` and `extra` (the DP budget) for `cell`."""
+    victim = cell.victim(config)
+    return {"threat": cell.threat, "extra": dp_budget(cell.defense, config.recipe, cell.stage,
+                                                      trained=victim.defense == cell.defense)}
 
 
 def run_benchmark(config: BenchmarkConfig, *, store: Store, workdir: str | Path, seed: int = 0,
@@ -211,7 +234,8 @@ def run_benchmark(config: BenchmarkConfig, *, store: Store, workdir: str | Path,
                            x=x, y=y, indices=indices, privacy=privacy, score_path=score_path, emit=emit,
                            started=started)
     for cell in cells:
-        what = f"{cell.study} {cell.policy} / {cell.defense} at {cell.stage} epochs"
+        what = f"{cell.study} {cell.policy} / {cell.defense}{'' if cell.threat == 'fedsgd' else ' / ' + cell.threat}" \
+               f" at {cell.stage} epochs"
         victim = cell.victim(config)
         model, digest = victims.get(victim)
         key = cell_key(cell, config, digest=digest, seed=seed, privacy_key=privacy.key if privacy else "")
@@ -225,7 +249,7 @@ def run_benchmark(config: BenchmarkConfig, *, store: Store, workdir: str | Path,
         emit(BenchmarkEvent("attack", f"{what}: attacking with {attack.name}", len(rows), len(cells)))
         row = run_cell(key, attack, model, x, y, indices=indices, accuracy=victims.accuracies[victim],
                        privacy=privacy, stage=cell.stage, arch=victim.arch, grid=grid_path(workdir, key),
-                       grid_images=min(config.grid_images, config.images))
+                       grid_images=min(config.grid_images, config.images), **cell_extras(cell, config))
         store.put_benchmark(row)
         rows.append(row)
         computed += 1

@@ -9,6 +9,8 @@ of `Cell`s:
 * stages: the undefended attack on each policy's model at the other training stages (gradients
   leak most early in training, and a federated attacker sees every round);
 * aware: the policy-aware attacker on each policy (but "none");
+* threat: each of `threats` (`ats.threats`: a batch's one gradient, a FedAvg client's weight
+  difference) on the `threat_policies`, undefended, at the main stage;
 * regime: other (model, attack) settings attacked undefended, such as the paper's IG on ResNet20,
   so the report can say whether they leak at this scale;
 * correlation: random policies applied by the client on the "none" model, for S_pri against PSNR.
@@ -24,11 +26,12 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ats import attacks
 from ats.policy import parse_policy
+from ats.threats import parse_threat
 
 if TYPE_CHECKING:
     from ats.protocol import BenchmarkConfig
 
-STUDIES = ("table", "stages", "aware", "regime", "correlation")
+STUDIES = ("table", "stages", "aware", "threat", "regime", "correlation")
 
 
 class Victim(NamedTuple):
@@ -52,6 +55,7 @@ class Cell:
     arch: str = ""  # the victim's architecture ("": the recipe's)
     attack: str = ""  # a regime's attack preset ("": the study's)
     iterations: int = 0  # a regime's attack iterations (0: the config's)
+    threat: str = "fedsgd"  # what the client shares (`ats.threats`); other than fedsgd only in the threat study
 
     def victim(self, config: BenchmarkConfig) -> Victim:
         """The correlation study attacks the "none" model; with `train_defense`, a defended table
@@ -79,7 +83,7 @@ class CellKey:
 
 
 def plan_cells(config: BenchmarkConfig, seed: int) -> tuple[Cell, ...]:
-    """The protocol's cells in order: table, stages, aware, regime, correlation."""
+    """The protocol's cells in order: table, stages, aware, threat, regime, correlation."""
     policies, main = config.table_policies(seed), config.stage
     defended = ({str(parse_policy(p)) for p in config.defense_policies} if config.defense_policies is not None
                 else set(policies))
@@ -90,6 +94,8 @@ def plan_cells(config: BenchmarkConfig, seed: int) -> tuple[Cell, ...]:
     if config.aware:
         chosen = config.aware_policies if config.aware_policies is not None else policies
         cells += [Cell("aware", p, "none", main) for p in chosen if p != "none"]
+    cells += [Cell("threat", str(parse_policy(p)), "none", main, threat=str(parse_threat(t)))
+              for p in config.threat_policies for t in config.threats]
     cells += [Cell("regime", "none", "none", stage, arch, attack, iterations)
               for arch, attack, iterations, stage in config.regimes]
     cells += [Cell("correlation", p, "none", main) for p in config.correlation_policies(seed)]
@@ -117,17 +123,19 @@ def cell_attack(cell: Cell, config: BenchmarkConfig) -> attacks.AttackConfig:
     return config.attack
 
 
-def attack_label(attack: attacks.AttackConfig) -> str:
-    """The attack's name in a store key: restarts (and their screening) are part of what was run."""
-    if attack.restarts == 1:
-        return attack.name
-    screened = f"-s{attack.screen}" if attack.screened else ""
-    return f"{attack.name}-r{attack.restarts}{screened}"
+def attack_label(attack: attacks.AttackConfig, threat: str = "fedsgd") -> str:
+    """The attack's name in a store key: restarts (and their screening) are part of what was run,
+    and so is a threat other than fedsgd ("idlg@batch-4")."""
+    label = attack.name
+    if attack.restarts != 1:
+        screened = f"-s{attack.screen}" if attack.screened else ""
+        label = f"{attack.name}-r{attack.restarts}{screened}"
+    return label if threat == "fedsgd" else f"{label}@{threat}"
 
 
 def cell_key(cell: Cell, config: BenchmarkConfig, *, digest: str, seed: int, privacy_key: str = "") -> CellKey:
     """The cell's store key on the victim of hash `digest` (`privacy_key`: `PrivacyScorer.key`)."""
     attack = cell_attack(cell, config)
     checkpoint = f"{digest}|S_pri {privacy_key}" if cell.study == "correlation" else digest
-    return CellKey(cell.study, cell.policy, cell.defense, attack_label(attack), checkpoint, config.images,
+    return CellKey(cell.study, cell.policy, cell.defense, attack_label(attack, cell.threat), checkpoint, config.images,
                    attack.iterations, seed)

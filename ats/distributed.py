@@ -308,7 +308,8 @@ def _cell_task(cell, victim: dict, payload: bytes, config, boxed: list, indices,
             grid = Path(folder) / "grid.pt"
             row = benchmark.run_cell(key, cell_attack(cell, config), _KEPT[model_key], x, y, indices=indices,
                                      accuracy=victim["accuracy"], privacy=privacy, stage=cell.stage,
-                                     arch=cell.victim(config).arch, grid=grid, grid_images=grid_images)
+                                     arch=cell.victim(config).arch, grid=grid, grid_images=grid_images,
+                                     **benchmark.cell_extras(cell, config))
             return row, grid.read_bytes() if grid.is_file() else b""
     except Exception as error:  # noqa: BLE001 - recorded, the run goes on
         return Failed(key.astuple(), _error(error))

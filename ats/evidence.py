@@ -69,8 +69,9 @@ class Comparison:
 
 
 def comparisons(rows: Sequence[BenchmarkRow]) -> list[Comparison]:
-    """Every table cell against no defense at its stage, every aware cell against the plain
-    attack on its policy; p-values Holm-adjusted over all of them."""
+    """Every table cell against no defense at its stage, every aware cell and every threat cell
+    (a batch's gradient, a FedAvg update) against the plain FedSGD attack on its policy; p-values
+    Holm-adjusted over all of them."""
     table = {(r.policy, r.defense, r.summary.get("stage")): r for r in rows if r.study == "table"}
     pairs = []
     for (policy, defense, stage), row in table.items():
@@ -84,6 +85,8 @@ def comparisons(rows: Sequence[BenchmarkRow]) -> list[Comparison]:
         plain = table.get((row.policy, "none", row.summary.get("stage")))
         if row.study == "aware" and plain is not None:
             pairs.append((row, plain, f"aware attacker on {row.policy}"))
+        if row.study == "threat" and plain is not None:
+            pairs.append((row, plain, f"threat {row.summary.get('threat')} on {row.policy}"))
     tests = [(row, ref, what, paired(row, ref, "psnr_x"), paired(row, ref, "psnr_x_aligned"))
              for row, ref, what in pairs]
     adjusted = holm([t[3]["p"] for t in tests])

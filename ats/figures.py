@@ -84,19 +84,19 @@ def grid_rows(result: BenchmarkResult, workdir: str | Path, x: torch.Tensor, stu
     attack set's first images; cells whose reconstructions were not kept are left out."""
     n = min(result.config.grid_images, result.config.images, x.shape[0])
     out = [("x", x[:n].float().cpu(), ["" for _ in range(n)])]
-    by_key = {(r.study, r.policy, r.defense): r for r in result.rows}
+    by_key = {(r.study, r.policy, r.defense): r for r in result.rows if r.study != "threat"}
     if study == "table":
-        wanted = [(p, ("table", p, "none"), ("aware", p, "none")) for p in result.config.table_policies(0)]
-    else:
-        wanted = [(r.policy, (r.study, r.policy, r.defense), None) for r in result.rows if r.study == study]
-    for policy, plain_key, aware_key in wanted:
-        plain = by_key.get(plain_key)
+        wanted = [(p, by_key.get(("table", p, "none")), by_key.get(("aware", p, "none")))
+                  for p in result.config.table_policies(0)]
+    else:  # every cell of the study, a threat cell named by its threat
+        wanted = [(r.policy if study != "threat" else f"{r.summary.get('threat')} {r.policy}", r, None)
+                  for r in result.rows if r.study == study]
+    for policy, plain, aware in wanted:
         kept = _kept(plain, workdir)
         if kept is None:
             continue
         out.append((f"T(x) {policy}", kept["transformed"][:n].float() / 255, ["" for _ in range(n)]))
         out.append((f"{plain.attack} {policy}", kept["recon"][:n].float() / 255, _captions(plain, n)))
-        aware = by_key.get(aware_key) if aware_key else None
         kept_aware = _kept(aware, workdir)
         if kept_aware is not None:
             out.append((f"{aware.attack} {policy}", kept_aware["recon"][:n].float() / 255, _captions(aware, n)))

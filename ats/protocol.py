@@ -18,6 +18,7 @@ from ats.policy import parse_policy
 from ats.published import PAPER_POLICIES
 from ats.recipes import TrainRecipe
 from ats.scores import ScoreConfig
+from ats.threats import check_client_split, parse_threat
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class BenchmarkConfig:
     stage_policies: tuple[str, ...] | None = None  # the policies attacked at every stage (None: all)
     regimes: tuple[tuple[str, str, int, int], ...] = ()  # (arch, attack preset, iterations, stage), undefended
     train_defense: bool = False  # Table 3 as the paper ran it: each defense's model trained under it
+    threats: tuple[str, ...] = ()  # other threat models (`ats.threats`: batch-B, fedavg-E-K), undefended
+    threat_policies: tuple[str, ...] = ("none",)  # the policies attacked under every threat
     grid_images: int = 8  # reconstructions kept per cell for the report's image grids
 
     def __post_init__(self) -> None:
@@ -60,6 +63,16 @@ class BenchmarkConfig:
             parse_policy(policy)  # a malformed policy fails here, before any work
         for defense in self.defenses:
             parse_defense(defense)
+        if self.train_defense:  # DP-SGD trains only models without BatchNorm: fail before any work
+            from ats.federated import parse_defense as parse
+            from ats.train import check_dp_trainable
+
+            for defense in self.defenses:
+                check_dp_trainable(build_model(self.recipe.arch), parse(defense))
+        for threat in self.threats:  # a malformed threat, or images that do not split into its clients
+            check_client_split(parse_threat(threat), self.images)
+        for policy in self.threat_policies:
+            parse_policy(policy)
         if not self.policies or not self.defenses:
             raise ValueError("the benchmark needs at least one policy and one defense")
         if self.stage is None:
@@ -107,9 +120,11 @@ class BenchmarkConfig:
 
     @classmethod
     def smoke(cls) -> BenchmarkConfig:
-        """For tests and CI: a 200-image model, 4 iterations on 2 images, 2 policies × 2 defenses."""
+        """For tests and CI: a 200-image model, 4 iterations on 2 images, 2 policies × 3 defenses
+        (DP-SGD among them), the two aggregated threats on "none"."""
         return cls(name="smoke", recipe=TrainRecipe.smoke(), attack=replace(attacks.AttackConfig.ig(), iterations=4),
-                   images=2, policies=("none", "3-1-7"), random=0, defenses=("none", "prune-70"),
+                   images=2, policies=("none", "3-1-7"), random=0, defenses=("none", "prune-70", "dp-1-0.5"),
+                   threats=("batch-2", "fedavg-1-2"),
                    correlation=3, score=ScoreConfig.smoke(), stages=(0,), stage_policies=("none",),
                    regimes=(("lenet", "ig", 3, 0),), aware_restarts=2, aware_screen=2, grid_images=2)
 

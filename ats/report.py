@@ -20,7 +20,7 @@ import torch
 from ats import attacks, cells
 from ats.benchmark import BenchmarkConfig, BenchmarkResult
 from ats.tables import (evidence_table, findings, markdown_aware, markdown_baselines,  # noqa: F401  (the report's API)
-                        markdown_correlation, markdown_stages, markdown_table)
+                        markdown_correlation, markdown_stages, markdown_table, markdown_threats)
 from ats.indices import ATTACK_SET
 from ats.published import PAPER_ARCH, PAPER_EPOCHS, PAPER_IMAGES, PAPER_ITERATIONS
 from ats.scores import default_score_checkpoint
@@ -31,14 +31,15 @@ from ats.store import LEGACY_SUMMARY_KEYS
 # guesses score against x on the same images; `leaks` says whether the cell scores significantly
 # above the mean-colour baseline; `diff_*` and `p_adjusted` compare it with its reference (no defense,
 # or the plain attack for the aware attacker), paired on the same images, Holm-adjusted.
-CSV_COLUMNS = ("study", "policy", "defense", "attack", "stage", "arch", "images", "iterations",
+CSV_COLUMNS = ("study", "policy", "defense", "threat", "attack", "stage", "arch", "images", "iterations",
                "psnr_x_median", "psnr_x_ci_low", "psnr_x_ci_high", "psnr_x_mean", "psnr_x_std",
                "psnr_x_aligned_median", "psnr_tx_median", "psnr_tx_mean", "psnr_tx_std",
                "ssim_x_median", "ssim_x_mean", "ssim_x_aligned_median", "ssim_tx_mean", "lpips_x_median",
                "baseline_grey_median", "baseline_mean_colour_median", "baseline_tx_median",
                "leaks", "leak_margin", "leak_ci_low", "leak_ci_high", "reference", "diff_median", "diff_ci_low",
                "diff_ci_high", "diff_aligned_median", "p", "p_adjusted", "label_accuracy", "failed",
-               "accuracy", "privacy", "paper_psnr", "paper_accuracy", "rescience_psnr")
+               "accuracy", "privacy", "epsilon_update", "epsilon_train", "delta", "paper_psnr", "paper_accuracy",
+               "rescience_psnr")
 
 
 def write_csv(result: BenchmarkResult, path: str | Path) -> Path:
@@ -114,6 +115,13 @@ def _setup(result: BenchmarkResult) -> list[str]:
            "ran it), so the accuracy of a defense row is that model's." if c.train_defense else
            "; the model is the one trained with the policy (pass `--train-defense` for the paper's Table 3 models)."),
         f"* **Regimes** (undefended, to see whether other settings leak at this scale): {regimes}.",
+        *([f"* **Threat models** beyond one FedSGD gradient, undefended, on {_policy_list(c.threat_policies)}: "
+           f"{', '.join(f'`{t}`' for t in c.threats)}."] if c.threats else []),
+        *(["* **DP-SGD** (`dp-C-σ`: each example's gradient clipped to C, noise σ·C on the sum) rows give ε at "
+           "δ = 1e-5 from Opacus's RDP accountant: of the one update the attacker inverts (sampling rate 1, one "
+           "step) and, for a model trained under it, of its whole training (sampling rate batch/images, fixed-size "
+           "shuffled batches read as Poisson sampling, the usual approximation)."]
+          if any(d.startswith("dp-") for d in c.defenses) else []),
         "* **Scores:** PSNR against x, against T(x) (the paper's convention) and aligned (the best over the flips and "
         "integer shifts the crop and the policy can make, on the overlap); beside them, on the same images, what "
         "flat grey, each image's own mean colour and T(x) itself score against x. Medians with 95 % percentile "
@@ -241,6 +249,14 @@ def write_report(result: BenchmarkResult, path: str | Path, *, command: str, dev
         "", markdown_aware(result), "",
         "## Leakage over training", "", markdown_stages(result), "",
     ]
+    if c.threats:
+        lines += ["## Beyond one gradient: other threat models", "",
+                  "The paper attacks one image's FedSGD gradient. Here the same images are dealt to clients that "
+                  "share one gradient of a batch of B images with their labels kept (`batch-B`: the attacker counts "
+                  "the labels from the last layer and reconstructs the batch jointly), or the weight difference "
+                  "after E local epochs over K one-image batches (`fedavg-E-K`: the attacker simulates the local "
+                  "steps). Each is paired with the FedSGD attack on the same policy and images.", "",
+                  markdown_threats(result), ""]
     if stages_png:
         lines += [f"![Leakage over training](figures/{stages_png.name})", ""]
     lines += ["## Does S_pri predict privacy?", "",
@@ -270,7 +286,7 @@ def _grids(result: BenchmarkResult, path: Path, workdir, images) -> list[str]:
     out = ["Each column is one test image; rows: x, then per policy T(x), the plain attack's reconstruction and "
            "the aware attacker's. Captions: PSNR vs x / aligned PSNR (dB). These pictures show CIFAR-100 test "
            "images, so they are written next to the report by the command and not kept in the repository.", ""]
-    for study in ("table", "regime"):
+    for study in ("table", "threat", "regime"):
         rows = figures.grid_rows(result, workdir, images, study)
         saved = figures.save_grid(rows, path.parent / "figures" / f"{path.stem}-grid-{study}.png",
                                   title=f"{study}: {result.config.name} preset")

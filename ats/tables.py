@@ -85,6 +85,18 @@ def markdown_baselines(result: BenchmarkResult) -> str:
     return "\n".join(lines)
 
 
+def defense_label(flat: dict) -> str:
+    """A defense as the tables name it; DP-SGD with its budget: "dp-1-1.1 (ε 4.24 one update, 0.59 its training, δ = 1e-05)"."""
+    if flat.get("epsilon_update") is None or (isinstance(flat["epsilon_update"], float)
+                                              and math.isnan(flat["epsilon_update"])):
+        return flat["defense"]
+    trained = flat.get("epsilon_train")
+    budget = f"ε {_num(flat['epsilon_update'], 2)} one update"
+    if trained is not None and not (isinstance(trained, float) and math.isnan(trained)):
+        budget += f", {_num(trained, 2)} its training"
+    return f"{flat['defense']} ({budget}, δ = {flat.get('delta', 1e-5):g})"
+
+
 def markdown_table(result: BenchmarkResult) -> str:
     """The policy × defense table at the main stage: medians with intervals, the baselines, the paired
     difference against no defense with its Holm-adjusted p, accuracy, and the paper's numbers."""
@@ -96,7 +108,7 @@ def markdown_table(result: BenchmarkResult) -> str:
             continue
         diff = "–" if flat.get("diff_median") is None else _ci(flat["diff_median"], flat["diff_ci_low"],
                                                                flat["diff_ci_high"])
-        lines.append(f"| {flat['policy']} | {flat['defense']} | {flat['images'] - flat['failed']} "
+        lines.append(f"| {flat['policy']} | {defense_label(flat)} | {flat['images'] - flat['failed']} "
                      f"| {_psnr_ci(flat)} "
                      f"| {_num(flat['psnr_x_aligned_median'], 1)} | {_num(flat['psnr_tx_median'], 1)} "
                      f"| {_num(flat['baseline_mean_colour_median'], 1)} | {_leak(flat)} | {diff} "
@@ -123,6 +135,27 @@ def markdown_aware(result: BenchmarkResult) -> str:
                      f"| {_p(flat.get('p_adjusted'))} | {plain[flat['policy']].seconds:.0f} s → {seconds[flat['policy']]:.0f} s "
                      f"| {f'{ref[0]} / {ref[1]}' if ref else '–'} |")
     return "\n".join(lines)
+
+
+def markdown_threats(result: BenchmarkResult) -> str:
+    """Beyond one gradient: each threat model (a batch's one gradient, a FedAvg update) against the
+    FedSGD attack on the same policy and images, paired."""
+    plain = {r.policy: r for r in result.rows if r.study == "table" and r.defense == "none"}
+    lines = ["| threat | policy | clients × images | PSNR vs x [95 % CI] | aligned | mean colour | leaks? "
+             "| Δ vs FedSGD [95 % CI] | p (Holm) | cost: FedSGD → threat |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row, flat in zip(result.rows, evidence_table(result)):
+        if flat["study"] != "threat":
+            continue
+        threat = flat.get("threat", "fedsgd")
+        per_client = {"batch": threat.split("-")[-1], "fedavg": threat.split("-")[-1]}.get(threat.split("-")[0], "1")
+        base = plain.get(flat["policy"])
+        cost = f"{base.seconds:.0f} s → {row.seconds:.0f} s" if base is not None else f"{row.seconds:.0f} s"
+        lines.append(f"| {threat} | {flat['policy']} | {flat['images'] // int(per_client)} × {per_client} "
+                     f"| {_psnr_ci(flat)} | {_num(flat['psnr_x_aligned_median'], 1)} "
+                     f"| {_num(flat['baseline_mean_colour_median'], 1)} | {_leak(flat)} "
+                     f"| {_ci(flat.get('diff_median'), flat.get('diff_ci_low'), flat.get('diff_ci_high'))} "
+                     f"| {_p(flat.get('p_adjusted'))} | {cost} |")
+    return "\n".join(lines) if len(lines) > 2 else "No other threat model was run (`--threats`)."
 
 
 def markdown_stages(result: BenchmarkResult) -> str:

@@ -21,16 +21,32 @@ A benchmark or app calls, for images x of one client::
                                     **threat.client_options(len(x)))
     recon = reconstruct(model, shared, threat.attack_config(config), generator=g2)
 
+`attack_threat` does this for every client of a benchmark cell or a study: the images are dealt
+to clients of `client_images` each (one per image for fedsgd, B for batch-B, K for fedavg-E-K:
+one image per local batch), each client shares its update, and each is attacked in turn.
+
 DP-SGD is a defense, not a threat (`dp-C-σ`, `ats.privacy`).
 """
 from __future__ import annotations
 
+import math
 import re
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from ats.attacks import AttackConfig
+import torch
+from torch import Tensor, nn
+
+from ats import attacks
+from ats.attacks import AttackConfig, Reconstruction
+from ats.evaluation import ImageResult, evaluate_reconstruction
 from ats.fedavg import FEDAVG_LR, MAX_LOCAL_STEPS, LocalTraining
+from ats.federated import ClientSecrets, client_update
 from ats.limits import MAX_ATTACK_IMAGES
+from ats.metrics import pair_reconstructions
+from ats.policy import Policy, as_policy
+from ats.runtime import make_generator
 
 THREATS = ("fedsgd", "batch-4", "batch-8", "batch-16", "fedavg-1-1", "fedavg-1-2", "fedavg-2-2")
 _FORMS = (f"'fedsgd', 'batch-B' (B 2..{MAX_ATTACK_IMAGES}: B images, labels kept), 'fedavg-E-K' "
@@ -81,10 +97,19 @@ class Threat:
             raise ValueError(f"threat {self} splits the images into {self.batches} local batches, got {images} image(s)")
         return {"per_example": False, "local_steps": self.epochs, "local_batches": self.batches, "lr": self.lr}
 
+    @property
+    def client_images(self) -> int:
+        """The images behind one shared update: 1 (fedsgd), B (batch-B), K (fedavg-E-K: one image
+        per local batch)."""
+        return {"fedsgd": 1, "batch": self.batch_size, "fedavg": self.batches}[self.kind]
+
     def attack_config(self, config: AttackConfig) -> AttackConfig:
         """`config` as this threat lets it run: with labels kept (batch), known or inferred labels
-        become per-class counts; DLG's jointly optimized labels stay as they are."""
+        become per-class counts, as do inferred labels of a FedAvg update (the sign rule of iDLG
+        cannot see a label twice); DLG's jointly optimized labels stay as they are."""
         if self.kind == "batch" and config.labels in ("known", "infer"):
+            return replace(config, labels="counts")
+        if self.kind == "fedavg" and config.labels == "infer":
             return replace(config, labels="counts")
         return config
 
@@ -109,3 +134,162 @@ def parse_threat(text: str | Threat | None) -> Threat:
                              f"accepted: {_FORMS}")
         return Threat("fedavg", epochs=epochs, batches=batches)
     raise ValueError(f"threat {shown} is not understood; accepted: {_FORMS}")
+
+
+@dataclass(frozen=True)
+class ThreatAttack:
+    """What `attack_threat` returns: per-image results (paired to the images), the reconstructions
+    and T(x) in the images' order, and the seconds the clients' updates and attacks took."""
+
+    results: list[ImageResult]
+    recon: Reconstruction  # every client's reconstructions, concatenated (`images`, `labels`)
+    private: ClientSecrets  # every client's T(x) and labels, concatenated
+    clients: int
+    seconds: float
+
+
+def check_client_split(threat: Threat, images: int, client_images: int | None = None) -> int:
+    """The images per client of `threat` for `images` images; a ValueError when they do not divide."""
+    per_client = client_images or threat.client_images
+    if threat.kind == "batch" and per_client != threat.batch_size:
+        raise ValueError(f"threat {threat} puts {threat.batch_size} images behind one gradient, not {per_client}")
+    if per_client < 1 or images % per_client:
+        raise ValueError(f"threat {threat}: {images} image(s) do not split into clients of {per_client}")
+    return per_client
+
+
+def attack_threat(model: nn.Module, x: Tensor, y: Tensor, threat: Threat | str, config: AttackConfig, *,
+                  policy: Policy | str = "none", defense: str = "none", seed: int = 0,
+                  indices: Sequence[int] | None = None, client_images: int | None = None,
+                  crop_flip: bool | None = None) -> ThreatAttack:
+    """Deal images `x` (N, 3, H, W) with labels `y` to clients as `threat` says, let each share
+    its update with `policy` and `defense`, attack each with `config` (as the threat lets it run)
+    and score every image against its own x, T(x) and baselines (`ats.evaluation`).
+
+    fedsgd attacks every image alone in one batched call, as the paper's benchmark; batch-B and
+    fedavg-E-K attack their clients one after another, each jointly. The clients draw their
+    crops, flips and noise from one generator seeded `seed`, the attacks from one seeded `seed + 1`.
+    `crop_flip` defaults to "with a policy" (the paper's convention).
+    """
+    threat, policy = parse_threat(threat), as_policy(policy)
+    crop_flip = policy != Policy.none() if crop_flip is None else crop_flip
+    indices = list(range(x.shape[0])) if indices is None else list(indices)
+    device = next(model.parameters()).device
+    client_generator, attack_generator = make_generator(seed, device), make_generator(seed + 1, device)
+    config = threat.attack_config(config)
+    started = time.perf_counter()
+    per_client = x.shape[0] if threat.kind == "fedsgd" else check_client_split(threat, x.shape[0], client_images)
+    results, recons, secrets = [], [], []
+    for start in range(0, x.shape[0], per_client):
+        part = slice(start, start + per_client)
+        options = threat.client_options(per_client)
+        shared, private = client_update(model, x[part], y[part], policy, defense, crop_flip=crop_flip,
+                                        generator=client_generator, **options)
+        recon = attacks.reconstruct(model, shared, config, generator=attack_generator, policy=policy, crop_flip=crop_flip)
+        own = evaluate_reconstruction(recon, private, x[part], indices[part])
+        if recon.images.shape[0] > 1 and len(recon.status) == 1:  # joint: put the images in x's order
+            recon = _in_order(recon, private)
+        results += own
+        recons.append(recon)
+        secrets.append(private)
+    recon = recons[0] if len(recons) == 1 else replace(
+        recons[0], images=torch.cat([r.images for r in recons]), labels=torch.cat([r.labels for r in recons]),
+        loss=torch.cat([r.loss for r in recons]), status=tuple(s for r in recons for s in r.status), history=(),
+        transformed=None if recons[0].transformed is None else torch.cat([r.transformed for r in recons]))
+    private = secrets[0] if len(secrets) == 1 else replace(
+        secrets[0], labels=torch.cat([s.labels for s in secrets]),
+        transformed=torch.cat([s.transformed for s in secrets]))
+    return ThreatAttack(results, recon, private, x.shape[0] // per_client if threat.kind != "fedsgd" else x.shape[0],
+                        time.perf_counter() - started)
+
+
+def _in_order(recon: Reconstruction, private: ClientSecrets) -> Reconstruction:
+    """A joint attack's reconstructions in the images' order, paired as `evaluate_reconstruction` pairs them."""
+    order = pair_reconstructions(recon.images, private.transformed.detach().cpu().float())
+    own = {} if recon.transformed is None else {"transformed": recon.transformed[order]}
+    return replace(recon, images=recon.images[order], labels=recon.labels[order], **own)
+
+
+# --- a study: one set of images under several threats, policies and defenses ----------------------
+
+@dataclass(frozen=True)
+class Scenario:
+    """One row of a threat study: what the client shares (`threat`), its `policy` and `defense`,
+    and the attack (None: the study's)."""
+
+    threat: str = "fedsgd"
+    policy: str = "none"
+    defense: str = "none"
+    attack: AttackConfig | None = None
+
+    def __post_init__(self) -> None:  # canonical spellings; bad values fail before any work
+        from ats.federated import parse_defense
+
+        object.__setattr__(self, "threat", str(parse_threat(self.threat)))
+        object.__setattr__(self, "policy", str(as_policy(self.policy)))
+        object.__setattr__(self, "defense", str(parse_defense(self.defense)))
+
+    def __str__(self) -> str:
+        return f"{self.threat} · {self.policy} · {self.defense}"
+
+
+def threat_study(model: nn.Module, x: Tensor, y: Tensor, scenarios: Sequence[Scenario], config: AttackConfig, *,
+                 seed: int = 0, indices: Sequence[int] | None = None,
+                 callback=None) -> list[tuple[Scenario, ThreatAttack]]:
+    """Attack the same images `x` under every scenario (`attack_threat`), each from the same seed;
+    `callback(i, scenario, outcome)` after each. A scenario that raises is re-raised with its name."""
+    out = []
+    for i, scenario in enumerate(scenarios):
+        try:
+            outcome = attack_threat(model, x, y, scenario.threat, scenario.attack or config, policy=scenario.policy,
+                                    defense=scenario.defense, seed=seed, indices=indices)
+        except ValueError as error:
+            raise ValueError(f"scenario {scenario}: {error}") from None
+        out.append((scenario, outcome))
+        if callback is not None:
+            callback(i, scenario, outcome)
+    return out
+
+
+def study_rows(study: Sequence[tuple[Scenario, ThreatAttack]], *, reference: int = 0) -> list[dict]:
+    """One dict per scenario: median PSNR against x with its 95 % interval, aligned PSNR, the
+    mean-colour baseline, whether it leaks (paired against the baseline), the paired difference
+    against scenario `reference` (same images) with its Wilcoxon p (Holm over the rows), the DP
+    budget of one update (`ats.privacy.update_epsilon`) and the seconds it took."""
+    from ats.federated import parse_defense
+    from ats.privacy import DP_DELTA, update_epsilon
+    from ats.evidence import ALPHA
+    from ats.stats import bootstrap_ci, holm, paired_difference
+
+    def ok(outcome: ThreatAttack, key: str) -> dict[int, float]:
+        return {r.index: getattr(r, key) for r in outcome.results if r.status == "ok"}
+
+    base = ok(study[reference][1], "psnr_x") if study else {}
+    rows = []
+    for i, (scenario, outcome) in enumerate(study):
+        psnr, colour = ok(outcome, "psnr_x"), ok(outcome, "baseline_mean_colour")
+        median, low, high = bootstrap_ci(list(psnr.values()), "median")
+        leak = paired_difference([psnr[k] for k in sorted(psnr)], [colour[k] for k in sorted(psnr)])
+        common = sorted(set(psnr) & set(base))
+        diff = (paired_difference([psnr[k] for k in common], [base[k] for k in common]) if i != reference
+                else {"median_diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p": math.nan})
+        aligned = [r.psnr_x_aligned for r in outcome.results if r.status == "ok"]
+        defense = parse_defense(scenario.defense)
+        rows.append({
+            "threat": scenario.threat, "policy": scenario.policy, "defense": scenario.defense,
+            "attack": (scenario.attack.name if scenario.attack else None), "images": len(outcome.results),
+            "finished": len(psnr), "clients": outcome.clients, "psnr_x_median": median, "psnr_x_ci_low": low,
+            "psnr_x_ci_high": high, "psnr_x_aligned_median": float(torch.tensor(aligned).median()) if aligned
+            else math.nan, "baseline_mean_colour_median": float(torch.tensor(list(colour.values())).median())
+            if colour else math.nan, "leak_margin": leak["median_diff"], "leaks": bool(
+                leak["n"] >= 2 and leak["ci_low"] > 0 and leak["p"] < ALPHA),
+            "diff_median": diff["median_diff"], "diff_ci_low": diff["ci_low"], "diff_ci_high": diff["ci_high"],
+            "p": diff["p"], "epsilon_update": update_epsilon(defense.amount) if defense.kind == "dp" else None,
+            "delta": DP_DELTA if defense.kind == "dp" else None, "seconds": outcome.seconds,
+        })
+    tested = [i for i, r in enumerate(rows) if not math.isnan(r["p"])]
+    for i, p in zip(tested, holm([rows[i]["p"] for i in tested])):
+        rows[i]["p_adjusted"] = p
+    for row in rows:
+        row.setdefault("p_adjusted", math.nan)
+    return rows

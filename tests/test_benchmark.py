@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ats import attacks, benchmark, checkpoints, models, report, stats
+from ats import attacks, benchmark, checkpoints, models, report, stats, tables
 from ats.benchmark import BenchmarkConfig, run_benchmark
 from ats.store import Store
 
@@ -53,7 +53,7 @@ def test_one_row_per_policy_and_defense_plus_aware_and_correlation(smoke_run):
     assert staged == [("none", 0)] and all(r.summary["stage"] == SMOKE.recipe.epochs for r in table)
     regime = [r for r in result.rows if r.study == "regime"]
     assert [(r.summary["arch"], r.attack, r.iterations) for r in regime] == [("lenet", "ig", 3)]
-    assert result.computed == len(result.rows) == 4 + 1 + 1 + 1 + 3
+    assert result.computed == len(result.rows) == 6 + 1 + 1 + 2 + 1 + 3
     for r in table:
         s = r.summary
         assert math.isfinite(s["psnr_tx_mean"]) and math.isfinite(s["psnr_x_mean"]) and s["failed"] == 0
@@ -72,6 +72,38 @@ def test_one_row_per_policy_and_defense_plus_aware_and_correlation(smoke_run):
     corr = result.correlation["vs_transformed"]
     assert corr["n"] == 3 and -1 <= corr["pearson"] <= 1
     assert all(math.isfinite(r.summary["privacy"]) for r in result.rows if r.study == "correlation")
+
+
+def test_threat_cells_attack_aggregated_updates_paired_with_fedsgd(smoke_run, tmp_path):
+    folder, result, seen = smoke_run
+    threat = [r for r in result.rows if r.study == "threat"]
+    assert [(r.policy, r.summary["threat"], r.attack) for r in threat] == [
+        ("none", "batch-2", "ig@batch-2"), ("none", "fedavg-1-2", "ig@fedavg-1-2")]
+    fedsgd = next(r for r in result.rows if r.study == "table" and r.policy == "none" and r.defense == "none")
+    for r in threat:  # the same victim and images as the FedSGD cell, every image scored
+        assert r.checkpoint == fedsgd.checkpoint and [i["index"] for i in r.per_image] == [0, 1]
+        assert all(math.isfinite(i["psnr_x"]) for i in r.per_image)
+    aggregated = [grads for _, _, name, grads in seen if grads[0].shape[0] != SMOKE.images]
+    assert len(aggregated) == 2  # one joint gradient (no per-image dimension) for each threat cell
+    flats = {(f["study"], f.get("threat")): f for f in tables.evidence_table(result)}
+    assert flats[("threat", "batch-2")]["reference"] == "table none/none"
+    assert "## Beyond one gradient" in report.write_report(result, tmp_path / "r.md", command="test", device="cpu").read_text()
+    rows = {(r["study"], r["threat"], r["defense"]) for r in csv.DictReader(report.write_csv(result, tmp_path / "b.csv").open())}
+    assert ("threat", "fedavg-1-2", "none") in rows and ("table", "fedsgd", "dp-1-0.5") in rows
+
+
+def test_dp_rows_carry_the_epsilon_of_the_attacked_update(smoke_run):
+    from ats.privacy import update_epsilon
+
+    _, result, seen = smoke_run
+    dp = [r for r in result.rows if r.defense == "dp-1-0.5"]
+    assert len(dp) == 2 and all(r.summary["epsilon_update"] == pytest.approx(update_epsilon(0.5)) for r in dp)
+    assert all("epsilon_train" not in r.summary for r in dp)  # smoke trains without the defense
+    for policy, defense, _, grads in seen:
+        if defense == "dp-1-0.5":  # per-image updates, each clipped to 1 before noise σ·C = 0.5 per entry
+            noise = torch.cat([g.flatten(1) for g in grads], 1).std(dim=1)
+            assert bool(((noise - 0.5).abs() < 0.05).all()), noise
+    assert "ε" in tables.markdown_table(result)
 
 
 def test_defended_rows_attack_the_defended_gradients(smoke_run):
@@ -99,7 +131,7 @@ def test_outputs_csv_markdown_scatter_and_report(smoke_run, tmp_path):
     assert len(rows) == len(result.rows)
     report.check_columns(rows[0].keys())  # the app's benchmark page reads this file
     table = report.markdown_table(result)
-    assert table.count("\n") == 1 + 4 and "13.88" in table  # header, rule, 4 cells; the paper's none PSNR
+    assert table.count("\n") == 1 + len(SMOKE.policies) * len(SMOKE.defenses) and "13.88" in table  # header, rule, cells
     assert "3-1-7" in report.markdown_aware(result)
     scatter = report.save_scatter(result, tmp_path / "c.png")
     assert scatter.stat().st_size > 1000
@@ -131,7 +163,7 @@ def test_a_csv_of_an_older_version_reads_with_the_new_column_names(tmp_path):
 
 
 def test_interrupted_benchmark_resumes_without_recomputing_or_losing_rows(tmp_path, data_dir):
-    config = replace(SMOKE, correlation=0, regimes=())
+    config = replace(SMOKE, correlation=0, regimes=(), defenses=("none", "prune-70"), threats=())
     db = tmp_path / "b.db"
     computed = []
 
@@ -203,9 +235,11 @@ def test_ats_benchmark_smoke_json_and_resume(tmp_path, data_dir):
     first = _ats(*args, data_dir=data_dir, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     document = json.loads(first.stdout)
-    assert document["cells"] == 7 and document["computed"] == 7
+    assert document["cells"] == 11 and document["computed"] == 11  # 6 table, stage, aware, 2 threats, regime
     assert {"psnr_x_ci_low", "baseline_mean_colour_median", "stage"} <= set(document["rows"][0])
-    assert len(list(csv.DictReader((tmp_path / "out" / "benchmark.csv").open()))) == 7
+    assert {row["threat"] for row in document["rows"] if row["study"] == "threat"} == {"batch-2", "fedavg-1-2"}
+    assert "epsilon_update" in next(row for row in document["rows"] if row["defense"].startswith("dp-"))
+    assert len(list(csv.DictReader((tmp_path / "out" / "benchmark.csv").open()))) == 11
     second = _ats(*args, data_dir=data_dir, cwd=tmp_path)
     assert second.returncode == 0 and json.loads(second.stdout)["computed"] == 0
 
@@ -222,7 +256,8 @@ def test_ats_benchmark_bad_input_exits_2_with_one_line(tmp_path, data_dir, bad, 
 
 def test_correlation_cells_are_keyed_by_the_privacy_model(tmp_path, data_dir):
     """Another S_pri model gives other S_pri values: its correlation cells are recomputed, not reused."""
-    config = replace(SMOKE, policies=("none",), defenses=("none",), aware=False, correlation=3, stages=(), regimes=())
+    config = replace(SMOKE, policies=("none",), defenses=("none",), aware=False, correlation=3, stages=(), regimes=(),
+                     threats=())
     other = checkpoints.save_checkpoint(tmp_path / "other.pt", models.build_model("resnet20", 100, seed=5),
                                    checkpoints.ModelMeta("resnet20", "cifar100", 100, "cifar100"))
     with Store.open(tmp_path / "b.db") as store:
@@ -276,7 +311,7 @@ def test_the_report_draws_the_grids_and_the_stages(smoke_run, tmp_path, data_dir
 
 def test_train_defense_trains_each_defended_model_under_its_defense(tmp_path, data_dir):
     config = replace(SMOKE, policies=("none",), defenses=("none", "prune-70"), aware=False, correlation=0,
-                     stages=(), regimes=(), train_defense=True)
+                     stages=(), regimes=(), train_defense=True, threats=())
     with Store.open(tmp_path / "b.db") as store:
         result = run_benchmark(config, store=store, workdir=tmp_path, data_root=data_dir)
     assert set(result.checkpoints) == {"resnet20 none none e2", "resnet20 none prune-70 e2"}
@@ -284,6 +319,24 @@ def test_train_defense_trains_each_defended_model_under_its_defense(tmp_path, da
     assert meta.defense == "prune-70"
     plain, defended = result.rows
     assert plain.checkpoint != defended.checkpoint and defended.summary["accuracy"] == pytest.approx(meta.accuracy)
+
+
+def test_train_defense_trains_a_dp_model_with_dp_sgd_and_reports_its_epsilon(tmp_path, data_dir):
+    from ats.privacy import training_epsilon
+
+    recipe = replace(SMOKE.recipe, arch="lenet", epochs=1)
+    config = replace(SMOKE, recipe=recipe, stage=1, policies=("none",), defenses=("none", "dp-1-0.5"), aware=False,
+                     correlation=0, stages=(), regimes=(), train_defense=True, threats=())
+    with Store.open(tmp_path / "b.db") as store:
+        result = run_benchmark(config, store=store, workdir=tmp_path, data_root=data_dir)
+    meta = checkpoints.load_checkpoint(result.checkpoints["lenet none dp-1-0.5 e1"])[1]
+    assert meta.defense == "dp-1-0.5"
+    plain, dp = result.rows
+    assert plain.checkpoint != dp.checkpoint and dp.summary["accuracy"] == pytest.approx(meta.accuracy)
+    assert dp.summary["epsilon_train"] == pytest.approx(training_epsilon(0.5, recipe.batch_size, 200, 1))
+    assert "its training" in tables.markdown_table(result)
+    with pytest.raises(ValueError, match="BatchNorm"):  # ResNet20 cannot be trained under DP-SGD
+        replace(config, recipe=SMOKE.recipe, stage=2)
 
 
 def test_a_benchmark_killed_with_sigkill_resumes_without_losing_or_recomputing(tmp_path, data_dir):

@@ -25,8 +25,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policies", help="comma-separated policies (default: none and the paper's 3-1-7, 43-18-18, "
                                       "3-1-7+43-18-18)")
     p.add_argument("--defenses", help="comma-separated gradient defenses, e.g. none,prune-70,gauss-1e-3,lap-1e-2, "
-                                      "applied to every policy (default: the preset's; at laptop, the "
-                                      "defenses attack only the undefended policy, as the paper's Table 3)")
+                                      "or DP-SGD dp-C-σ (dp-1-1.1; its rows give ε), applied to every policy "
+                                      "(default: the preset's; at laptop, the defenses attack only the undefended "
+                                      "policy, as the paper's Table 3; with --train-defense a dp model is trained "
+                                      "with DP-SGD, which needs an architecture without BatchNorm: lenet)")
+    p.add_argument("--threats", help="comma-separated threat models beyond one image's FedSGD gradient, attacked "
+                                     "undefended on the none policy: batch-B (one gradient of B images, labels "
+                                     "kept), fedavg-E-K (a FedAvg update: E local epochs over K one-image "
+                                     "batches); --images must split into their clients (default: the preset's, "
+                                     "none at laptop and paper)")
     p.add_argument("--random", type=int, help="extra random policies in the table (default: the preset's)")
     p.add_argument("--from-search", type=Path, metavar="DB",
                    help="also benchmark the policies an `ats search` database selects (top 2 and their hybrid)")
@@ -97,6 +104,8 @@ def benchmark_config(args):
     if args.defenses is not None:
         changes["defenses"] = _split(args.defenses)
         changes["defense_policies"] = None
+    if args.threats is not None:
+        changes["threats"] = _split(args.threats)
     for name in ("random", "images", "correlation", "correlation_iterations"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
