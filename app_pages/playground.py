@@ -1,6 +1,10 @@
 """Attack playground: up to four what-if settings on one image, attacked side by side, live.
 
-A setting is a policy, a gradient defense and an attack. Run attacks them all, batched where the
+A setting is a policy, a gradient defense (DP-SGD `dp-C-σ` among them, with the ε of the one update
+the attacker sees) and an attack. The threat panel says what the client shares (`ats.threats`):
+FedSGD, the paper's one-image gradient (the default, compared side by side), or a FedAvg weight
+difference over K images, or one gradient of B images with the labels kept; those attack one
+setting on the client's images jointly (`ats.threats.attack_threat`; live when there is one client). Run attacks them all, batched where the
 engine can (`ats.compare` does the work; this page picks parameters and shows results): each
 column shows x, T(x) and the reconstruction, its scores beside the image's trivial baselines, and
 S_pri/S_acc of its policy; then a strip to scrub the snapshots, downloads, and the Python and
@@ -11,6 +15,7 @@ in the history, marked stopped.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -21,14 +26,20 @@ import streamlit as st
 import torch
 
 from ats import checkpoints, compare, data, models, scores, viz
-from ats.attacks import PRESETS
+from ats.attacks import PRESETS, iter_reconstruct
 from ats.baselines import baseline_scores
-from ats.federated import DEFENSES
+from ats.evaluation import evaluate_reconstruction
+from ats.fedavg import MAX_LOCAL_STEPS
+from ats.federated import DEFENSES, Defense, client_update, parse_defense
 from ats.images import load_image
+from ats.limits import MAX_ATTACK_IMAGES
+from ats.metrics import pair_reconstructions, psnr
 from ats.policy import parse_policy
 from ats.pool import POOL
+from ats.privacy import DP_CLIP, DP_DELTA, DP_NOISE, noise_for_epsilon, update_epsilon
 from ats.runtime import describe_device, make_generator, pick_device
 from ats.scoring import ScoringSetup
+from ats.threats import Threat, attack_threat, check_client_split, parse_threat
 
 ARCHS = {"lenet": "LeNet (DLG's)", "resnet20": "ResNet20", "resnet20-4": "ResNet20-4", "convnet": "ConvNet"}
 SOURCES = {"cifar100": "CIFAR-100 attack set", "samples": "Sample photos", "upload": "Upload an image"}
@@ -41,6 +52,12 @@ SLOW = 60.0  # seconds: above this on a CPU, say so before Run
 MARGIN = 1.0  # dB over the mean-colour baseline before a reading says "recovers"
 KEPT = "playground_kept"  # widget values kept across pages (Streamlit drops those of unseen widgets)
 PIXELATED = "<style>[data-testid='stImage'] img {image-rendering: pixelated;}</style>"
+THREAT_KINDS = {"fedsgd": "FedSGD: each image's gradient, its label shared (the paper's)",
+                "fedavg": "FedAvg: the weight difference after E local epochs over K batches",
+                "batch": "A batch: one gradient of B images, their labels kept"}
+DP = "dp"  # the defense menu's DP-SGD entry: its C and σ are chosen beside it
+DELTA = f"{DP_DELTA:g}".replace("e-0", "e-")  # 1e-5
+NO_OPACUS = "ε needs Opacus (`pip install 'ats[dp]'`); the defense runs without it."
 
 
 # --- caches ------------------------------------------------------------------------------------
@@ -82,6 +99,15 @@ def cifar_available() -> bool:
     try:
         image_set("cifar100")
     except ValueError:
+        return False
+    return True
+
+
+@st.cache_resource
+def have_opacus() -> bool:
+    try:
+        import opacus  # noqa: F401
+    except ImportError:
         return False
     return True
 
@@ -166,6 +192,115 @@ def choose_image() -> tuple[torch.Tensor, int, str, dict] | None:
     return x[0], int(y[0]), names[index], {"kind": source, "index": int(index)}
 
 
+def choose_threat() -> Threat | None:
+    """The threat panel's first row: what the client shares (`ats.threats.parse_threat`); None after an error line."""
+    st.markdown("**Threat model:** what the client shares with the server")
+    left, middle, right = st.columns([3, 1, 1])
+    kind = kept(left.radio, "The client shares", "threat_kind", "fedsgd", options=list(THREAT_KINDS),
+                format_func=THREAT_KINDS.get,
+                help="FedSGD is the paper's threat; FedAvg (McMahan et al. 2017) and a batch with its labels kept "
+                     "(Geiping et al. 2020) are attacked jointly over the client's images.")
+    text = "fedsgd"
+    if kind == "fedavg":
+        epochs = kept(middle.number_input, "Local epochs E", "threat_epochs", 1, min_value=1, max_value=MAX_LOCAL_STEPS)
+        batches = kept(right.number_input, "Local batches K", "threat_batches", 2, min_value=1,
+                       max_value=MAX_LOCAL_STEPS, help="One image per local batch: the client holds K images.")
+        text = f"fedavg-{epochs}-{batches}"
+    elif kind == "batch":
+        size = kept(middle.number_input, "Images B", "threat_batch", 4, min_value=2, max_value=MAX_ATTACK_IMAGES)
+        text = f"batch-{size}"
+    try:
+        threat = parse_threat(text)
+    except ValueError as error:
+        st.error(str(error))
+        return None
+    if threat.kind == "fedavg":
+        st.caption(f"The client runs {threat.epochs} local epoch(s) of SGD (lr {threat.lr:g}) over {threat.batches} "
+                   "batches of one image each and shares θ_end − θ_0; the server replays those steps on its guesses "
+                   "(Geiping et al. 2020, §6). Labels are shared; DP-SGD clips FedSGD gradients, not this.")
+    elif threat.kind == "batch":
+        st.caption(f"One gradient of {threat.batch_size} images whose labels the client keeps: the server counts "
+                   "them per class from the last layer, reconstructs the images jointly and they are paired to the "
+                   "originals before scoring.")
+    return threat
+
+
+def choose_client(threat: Threat, x: torch.Tensor, y: int, name: str, source: dict) -> dict | None:
+    """The images behind an aggregated threat's updates: the attack image and others of its source.
+
+    None, after an error line, when they do not split into the threat's clients (`check_client_split`).
+    """
+    need = threat.client_images
+    if source["kind"] == "upload":
+        images, labels, indices, names = x[None], torch.tensor([int(y)]), [0], [name]
+        st.caption(f"An upload is one image; {threat} needs {need} a client: take the sample photos or the CIFAR-100 "
+                   "attack set for more.")
+    else:
+        pool = image_set(source["kind"])
+        index = int(source["index"])
+        title = lambda i: f"#{i} {pool.classes[int(pool.labels[i])]}"  # noqa: E731
+        others = [i for i in range(len(pool)) if i != index]
+        default = [(index + k) % len(pool) for k in range(1, min(need, len(pool)))]
+        extra = kept(st.multiselect, f"The client's other images (with {name}: {need} per client)",
+                     f"client_{source['kind']}_{need}", default, options=others, format_func=title,
+                     help=f"From the same source. A multiple of {need} images makes several clients, attacked one "
+                          "after another.")
+        indices = [index, *extra]
+        images, labels = pool.batch(indices)
+        names = [title(i) for i in indices]
+    st.image(viz.grid_png([images], scale=2), caption=" · ".join(names))
+    try:
+        per_client = check_client_split(threat, len(indices))
+        threat.client_options(per_client)
+    except ValueError as error:
+        st.error(f"{error}. Pick {need} images (or a multiple of {need}) for {threat}.")
+        return None
+    clients = len(indices) // per_client
+    st.caption(f"{len(indices)} image(s): {clients} client(s) of {per_client}, each attacked jointly"
+               + ("; the clients one after another, without the live view." if clients > 1 else ", live."))
+    return {"x": images, "y": labels, "indices": indices, "names": names, "per_client": per_client,
+            "clients": clients, "source": {**source, "indices": indices},
+            "name": names[0] if len(names) == 1 else f"{names[0]} + {len(names) - 1} more"}
+
+
+def epsilon_text(defense: str) -> str | None:
+    """The DP budget of one update under `defense` (None for other defenses), or the line saying it needs Opacus."""
+    parsed = parse_defense(defense)
+    if parsed.kind != "dp":
+        return None
+    if not have_opacus():
+        return NO_OPACUS
+    epsilon = update_epsilon(parsed.amount)
+    if math.isinf(epsilon):
+        return f"ε = ∞ at δ = {DELTA}: σ = 0 clips but adds no noise, no privacy guarantee."
+    return (f"**ε = {epsilon:.3g}** at δ = {DELTA}: the budget of the one update the attacker sees "
+            "(one step, the image surely in it; Opacus's RDP accountant).")
+
+
+def choose_defense(column, i: int, default: str) -> str:
+    """A setting's defense: one of the paper's, or DP-SGD with its C and σ (or σ from a target ε) and its ε."""
+    choice = kept(column.selectbox, "Gradient defense", f"defense_{i}", default, options=[*DEFENSES, DP],
+                  format_func=lambda d: "DP-SGD (dp-C-σ)" if d == DP else d)
+    if choice != DP:
+        return choice
+    left, right = column.columns(2)
+    clip = kept(left.number_input, "Clip C", f"dp_clip_{i}", 1.0, min_value=DP_CLIP[0], max_value=DP_CLIP[1],
+                step=0.5, format="%g", help="Each image's gradient is scaled to L2 norm at most C.")
+    by = kept(right.selectbox, "Noise from", f"dp_by_{i}", "σ", options=["σ", "target ε"] if have_opacus() else ["σ"],
+              help="The noise multiplier σ (noise σ·C on the sum), or the σ that spends a target ε on one update.")
+    if by == "target ε":
+        epsilon = kept(column.number_input, "Target ε of one update", f"dp_epsilon_{i}", 8.0, min_value=0.01,
+                       max_value=1e4, step=1.0, format="%g")
+        sigma = float(f"{noise_for_epsilon(float(epsilon)):.4g}")
+        column.caption(f"σ = {sigma:g} for ε = {epsilon:g}")
+    else:
+        sigma = kept(column.number_input, "Noise multiplier σ", f"dp_sigma_{i}", 1.1, min_value=DP_NOISE[0],
+                     max_value=DP_NOISE[1], step=0.1, format="%g")
+    defense = str(Defense("dp", float(sigma), clip=float(clip)))
+    column.caption(f"`{defense}` · {epsilon_text(defense)}")
+    return defense
+
+
 def use_ops() -> None:
     """The op builder's button: its ops become the chosen setting's policy."""
     ops = st.session_state.get("policy_ops") or []
@@ -182,20 +317,31 @@ def op_builder(count: int) -> None:
         st.caption("The gallery below the settings shows what each op does to this image.")
 
 
-def choose_settings(x: torch.Tensor, seed: int, device: torch.device) -> tuple[list[compare.Setting], list[str]]:
-    """Up to four settings, each with a preview of its T(x) (the very one the run uses); their errors."""
+def choose_settings(x: torch.Tensor, seed: int, device: torch.device,
+                    threat: Threat | None = None) -> tuple[list[compare.Setting], list[str]]:
+    """Up to four settings, each with a preview of its T(x) (the very one the run uses); their errors.
+    Under an aggregated threat, setting A alone: comparing side by side is FedSGD only."""
     sent = st.session_state.pop("send_policy", None)  # from the search explorer
     if sent is not None:
         st.session_state["policy_0"] = st.session_state.setdefault(KEPT, {})["policy_0"] = sent
-    count = kept(st.radio, "Settings to compare", "count", 3, options=[1, 2, 3, 4], horizontal=True,
-                 help="Each setting is attacked on the same image and model; settings that share an attack run "
-                      "as one batched call.")
+    if threat is not None and threat.aggregated:
+        count = 1
+        st.caption(f"Comparing settings side by side is FedSGD only: under {threat} the run attacks setting A.")
+    else:
+        count = kept(st.radio, "Settings to compare", "count", 3, options=[1, 2, 3, 4], horizontal=True,
+                     help="Each setting is attacked on the same image and model; settings that share an attack run "
+                          "as one batched call. FedSGD only.")
     settings, errors = [], []
     for i, column in enumerate(st.columns(4)[:count]):
         policy, defense, attack = DEFAULTS[i]
         column.markdown(f"**Setting {NAMES[i]}**")
         policy = kept(column.text_input, "Policy (3-1-7, a hybrid 3-1-7+43-18-18, or none)", f"policy_{i}", policy)
-        defense = kept(column.selectbox, "Gradient defense", f"defense_{i}", defense, options=DEFENSES)
+        try:
+            defense = choose_defense(column, i, defense)
+        except (ValueError, ImportError) as error:
+            column.error(f"Setting {NAMES[i]}: {error}")
+            errors.append(NAMES[i])
+            continue
         attack = kept(column.selectbox, "Attack", f"attack_{i}", attack, options=list(PRESETS),
                       help="idlg/dlg: L-BFGS, an iteration is up to 20 gradient evaluations; ig: Inverting "
                            "Gradients, the paper's attack (thousands of iterations); aware: IG told the policy, "
@@ -290,6 +436,16 @@ def show_estimate(model, x, y, settings, options) -> None:
                  "iDLG on LeNet (about a second an iteration here) or fewer iterations")
         st.warning(f"This will take about {duration(seconds)} on this CPU. For a quick look: {cheap}; "
                    "the paper's IG runs belong on a GPU.")
+
+
+def show_threat_plan(model, threat: Threat, client: dict, setting: compare.Setting, options: dict) -> None:
+    """What Run does under an aggregated threat (no timing: a joint attack's cost depends on its images)."""
+    device = next(model.parameters()).device
+    steps = (f", differentiating through {threat.epochs * threat.batches} local step(s) each iteration"
+             if threat.kind == "fedavg" else "")
+    st.markdown(f"**Before you run:** {threat} · {client['clients']} client(s) of {client['per_client']} image(s), "
+                f"each attacked jointly by {setting.attack} for {options['iterations']} iterations{steps} on "
+                f"{describe_device(device)} · setting A: policy {setting.policy}, defense {setting.defense}")
 
 
 def duration(seconds: float) -> str:
@@ -418,6 +574,143 @@ def draw_live(run: dict, slots: list[dict], frame: compare.Frame) -> None:
             slot["text"].caption(f"PSNR vs x {latest['psnr_x']:.2f} dB (its mean colour: {run['mean_colour']:.2f} dB)")
 
 
+# --- a run under an aggregated threat (batch-B, fedavg-E-K): one setting on the client's images ---
+
+def new_threat_run(client: dict, setting: compare.Setting, threat: Threat, options: dict, device) -> dict:
+    """The record of a threat run, shaped as a compare run's (one setting) where the history reads it."""
+    x = client["x"].cpu()
+    baselines = baseline_scores(x, x)
+    return {"threat": str(threat), "name": client["name"], "names": client["names"], "source": client["source"],
+            "indices": client["indices"], "label": [int(v) for v in client["y"]], "settings": [setting],
+            "clients": client["clients"], "per_client": client["per_client"], "model": options["arch"],
+            "weights": options["weights"], "iterations": options["iterations"], "every": options["every"],
+            "seed": options["seed"], "device": describe_device(device), "x": x, "transformed": None,
+            "latest": [None], "frames": [[]], "curves": [], "results": None, "seconds": 0.0, "status": "running",
+            "grey": float(baselines["baseline_grey"].mean()),
+            "mean_colour": float(baselines["baseline_mean_colour"].mean()), "started": time.time()}
+
+
+def record_threat(run: dict, images: torch.Tensor, own: torch.Tensor, loss: float, iteration: int,
+                  seconds: float) -> None:
+    """One snapshot, its images already paired to x: latest, curves (means over the images), kept frames."""
+    psnr_x, psnr_tx = psnr(images, run["x"]), psnr(own, run["transformed"])
+    run["latest"][0] = {"iteration": iteration, "images": images, "psnr_x": psnr_x.tolist(),
+                        "psnr_tx": psnr_tx.tolist(), "seconds": seconds}
+    run["curves"].append({"setting": 0, "iteration": iteration, "loss": loss, "psnr_x": float(psnr_x.mean()),
+                          "psnr_tx": float(psnr_tx.mean())})
+    frames = run["frames"][0]
+    frames.append((iteration, images))
+    if len(frames) > FRAMES:
+        del frames[1:-1:2]
+    run["seconds"] = seconds
+
+
+def paired(snapshot, transformed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A joint snapshot's images (and, for the aware attacker, its T(x) estimates) in the images' order."""
+    own = snapshot.transformed if snapshot.transformed is not None else snapshot.images
+    if snapshot.images.shape[0] == 1 or len(snapshot.status) != 1:
+        return snapshot.images, own
+    order = pair_reconstructions(snapshot.images, transformed)
+    return snapshot.images[order], own[order]
+
+
+def run_threat(board, status, model, client: dict, setting: compare.Setting, threat: Threat, options: dict) -> dict:
+    """Attack setting A under `threat` on the client's images: live for one client (its update attacked as
+    `attack_threat` does, same seeds), else `attack_threat` over every client; the finished run record."""
+    device = next(model.parameters()).device
+    run = new_threat_run(client, setting, threat, options, device)
+    st.session_state["active_run"] = run
+    x, y = client["x"].to(device), client["y"].to(device)
+    config = setting.config(options["iterations"])
+    with board.container():
+        st.markdown(f"**{threat}** · " + header(0, setting))
+        picture, text, charts = st.empty(), st.empty(), st.empty()
+        picture.info("the client's update, then the first iteration")
+    try:
+        if client["clients"] == 1:
+            clients_generator, attack_generator = make_generator(run["seed"], device), make_generator(run["seed"] + 1, device)
+            shared, private = client_update(model, x, y, setting.policy, setting.defense, crop_flip=setting.crop_flip,
+                                            generator=clients_generator, **threat.client_options(x.shape[0]))
+            run["transformed"] = private.transformed.detach().cpu().float()
+            drawn, final = [0.0], None
+            for snapshot in iter_reconstruct(model, shared, threat.attack_config(config), generator=attack_generator,
+                                             every=options["every"], policy=private.policy,
+                                             crop_flip=private.crop_flip):
+                final = snapshot
+                images, own = paired(snapshot, run["transformed"])
+                record_threat(run, images, own, float(snapshot.loss.nanmean()), snapshot.iteration, snapshot.seconds)
+                status.progress(snapshot.iteration / snapshot.iterations,
+                                text=f"{threat}: iteration {snapshot.iteration}/{snapshot.iterations} · "
+                                     f"{snapshot.seconds:.1f} s")
+                if time.perf_counter() - drawn[0] < 0.3 and not snapshot.done and snapshot.iteration > 1:
+                    continue
+                drawn[0] = time.perf_counter()
+                picture.image(viz.grid_png([run["x"], run["transformed"], images], scale=3),
+                              caption=f"rows: x, T(x), the reconstruction at iteration {snapshot.iteration}")
+                text.caption(f"mean PSNR vs x {run['curves'][-1]['psnr_x']:.2f} dB (their mean colour: "
+                             f"{run['mean_colour']:.2f} dB)")
+                with charts.container():
+                    draw_charts(run, "live")
+            run["results"] = evaluate_reconstruction(final, private, x, client["indices"])
+        else:
+            status.progress(0.0, text=f"{threat}: attacking {client['clients']} clients one after another…")
+            outcome = attack_threat(model, x, y, threat, config, policy=setting.policy, defense=setting.defense,
+                                    seed=run["seed"], indices=client["indices"])
+            run["transformed"] = outcome.private.transformed.detach().cpu().float()
+            own = outcome.recon.transformed if outcome.recon.transformed is not None else outcome.recon.images
+            record_threat(run, outcome.recon.images, own, float(outcome.recon.loss.nanmean()), options["iterations"],
+                          outcome.seconds)
+            run["results"] = outcome.results
+    except Exception:  # an error is not a stop (Stop and reruns raise BaseExceptions, which keep the record)
+        st.session_state.pop("active_run", None)
+        raise
+    st.session_state.pop("active_run", None)
+    run["status"] = "done"
+    return run
+
+
+def show_threat_result(run: dict, with_scores: bool) -> None:
+    """A finished threat run: the images paired, per-image scores and readings, charts, downloads, reproduce."""
+    setting, results = run["settings"][0], run["results"]
+    st.subheader(f"This run: {run['threat']}")
+    budget = epsilon_text(setting.defense)
+    st.caption(f"{run['threat']} · {run['clients']} client(s) of {run['per_client']} image(s) · {run['name']} · "
+               f"{ARCHS.get(run['model'], run['model'])} ({run['weights']}) · {header(0, setting).replace('**', '')} · "
+               f"{run['iterations']} iterations · seed {run['seed']} · {run['device']} · {run['seconds']:.1f} s")
+    if budget:
+        st.caption(f"DP-SGD: {budget}")
+    frames = run["frames"][0]
+    stops = sorted({it for it, _ in frames})
+    chosen = st.select_slider("Scrub the snapshots (iteration)", options=stops, value=stops[-1],
+                              key=f"scrub_{run['started']}") if len(stops) > 1 else stops[-1]
+    iteration, images = [(it, im) for it, im in frames if it <= chosen][-1]
+    st.image(viz.grid_png([run["x"], run["transformed"], images], scale=3),
+             caption=f"rows: x, T(x), the reconstruction at iteration {iteration}, paired to the images")
+    tx_mean_colour = baseline_scores(run["transformed"], run["transformed"])["baseline_mean_colour"].tolist()
+    done = [r for r in results if r.status == "ok"]
+    left, middle, right = st.columns(3)
+    if done:
+        median = float(torch.tensor([r.psnr_x for r in done]).median())
+        colour = float(torch.tensor([r.baseline_mean_colour for r in done]).median())
+        left.metric("median PSNR vs x", f"{median:.2f} dB", delta=f"{median - colour:+.1f} dB vs their mean colour",
+                    help="Each reconstruction paired to its image; below zero, nothing beyond each image's mean colour.")
+    middle.metric("labels recovered", f"{sum(r.label_recovered for r in results)} of {len(results)}")
+    right.metric("clients", f"{run['clients']} × {run['per_client']} image(s)")
+    rows = [{"image": name, "PSNR vs x": r.psnr_x, "mean colour": r.baseline_mean_colour, "aligned": r.psnr_x_aligned,
+             "PSNR vs T(x)": r.psnr_tx, "SSIM vs x": r.ssim_x, "label recovered": r.label_recovered,
+             "reading": compare.reading(r, tx_mean_colour[j], MARGIN), "status": r.status}
+            for j, (name, r) in enumerate(zip(run["names"], results))]
+    st.dataframe(pd.DataFrame(rows).round(3), hide_index=True, width="stretch")
+    st.caption(f"Readings compare each image with trivial guesses, with a {MARGIN:g} dB margin: a reading, not a "
+               "test. A joint attack's reconstructions are paired to the images (Hungarian matching) before scoring.")
+    if len(run["curves"]) > 1:
+        draw_charts(run, "result")
+    downloads(run)
+    reproduce(run)
+    if with_scores:
+        show_scores(st.empty(), setting.policy)
+
+
 def big(images: torch.Tensor, scale: int):
     """(B, 3, H, W) -> the first image as a sharp, upscaled array (32 px × 6 = 192 px)."""
     return viz.to_display(images, scale=scale)[0]
@@ -431,6 +724,9 @@ def header(i: int, setting: compare.Setting) -> str:
 
 def show_result(run: dict, with_scores: bool) -> None:
     """A finished run from its record: columns, scrub strip, charts, downloads, reproduce, then scores."""
+    if run.get("threat", "fedsgd") != "fedsgd":
+        show_threat_result(run, with_scores)
+        return
     st.subheader("This run")
     st.caption(f"{run['name']} · {ARCHS.get(run['model'], run['model'])} ({run['weights']}) · "
                f"{run['iterations']} iterations · seed {run['seed']} · {run['device']} · {run['seconds']:.1f} s")
@@ -474,6 +770,8 @@ def show_column(column, run: dict, i: int, iteration: int) -> None:
     column.caption(f"SSIM vs x {result.ssim_x:.3f} · trivial guesses vs x: flat grey {result.baseline_grey:.1f} dB, "
                    f"mean colour {result.baseline_mean_colour:.1f} dB, T(x) itself {result.baseline_tx:.1f} dB · "
                    f"label {'recovered' if result.label_recovered else 'not recovered'}")
+    if (budget := epsilon_text(setting.defense)) is not None:
+        column.caption(f"DP-SGD: {budget}")
     if result.status != "ok":
         column.warning(f"The attack failed: {result.status}")
 
@@ -523,8 +821,16 @@ def draw_charts(run: dict, where: str) -> None:
 
 
 def table_of(run: dict) -> pd.DataFrame:
-    """The run's numbers, a row per setting (the CSV)."""
+    """The run's numbers, a row per setting (the CSV); under an aggregated threat, a row per image."""
     rows = []
+    if run.get("threat", "fedsgd") != "fedsgd":
+        setting, latest = run["settings"][0], run["latest"][0]
+        for j, index in enumerate(run["indices"]):
+            result = run["results"][j].to_dict() if run["results"] else {
+                "psnr_x": latest["psnr_x"][j] if latest else None, "status": run["status"]}
+            rows.append({"setting": f"A #{index}", "threat": run["threat"], "policy": setting.policy,
+                         "defense": setting.defense, "attack": setting.attack, **result})
+        return pd.DataFrame(rows)
     for i, setting in enumerate(run["settings"]):
         result = run["results"][i].to_dict() if run["results"][i] else {
             "psnr_x": (run["latest"][i] or {}).get("psnr_x"), "status": run["status"]}
@@ -534,14 +840,19 @@ def table_of(run: dict) -> pd.DataFrame:
 
 
 def comparison_grid(run: dict) -> list[torch.Tensor]:
+    if run.get("threat", "fedsgd") != "fedsgd":
+        latest = run["latest"][0]
+        return [run["x"], run["transformed"], latest["images"] if latest else torch.full_like(run["x"], 0.5)]
     count = len(run["settings"])
     latest = torch.stack([r["image"] if r else torch.full_like(run["x"], 0.5) for r in run["latest"]])
     return [run["x"].expand(count, *run["x"].shape), run["transformed"][:count], latest]
 
 
 def downloads(run: dict) -> None:
-    stem = f"ats-compare-{run['model']}-seed{run['seed']}"
-    document = {"image": run["name"], "label": run["label"], "model": run["model"], "weights": run["weights"],
+    threat = run.get("threat", "fedsgd")
+    stem = f"ats-{'compare' if threat == 'fedsgd' else threat}-{run['model']}-seed{run['seed']}"
+    document = {"image": run["name"], "label": run["label"], "threat": threat, "model": run["model"],
+                "weights": run["weights"],
                 "iterations": run["iterations"], "seed": run["seed"], "device": run["device"],
                 "status": run["status"], "settings": table_of(run).to_dict("records"), "curves": run["curves"]}
     left, middle, right = st.columns(3)
@@ -554,6 +865,18 @@ def downloads(run: dict) -> None:
 
 
 def reproduce(run: dict) -> None:
+    if run.get("threat", "fedsgd") != "fedsgd":
+        with st.expander("Reproduce in Python (and with `ats attack`)"):
+            st.code(threat_snippet(run), language="python")
+            if run["clients"] == 1:
+                st.markdown("The Python call gives this run's numbers exactly. `ats attack --threat` shares the "
+                            "same update but draws the client's and the attack's randomness from one generator, so "
+                            "it makes another valid run of the same attack, not these numbers.")
+                st.code(command_line(run, run["settings"][0]), language="bash")
+            else:
+                st.markdown("The Python call gives this run's numbers exactly; `ats attack --threat` treats all "
+                            "its images as one client, so it has no equivalent of several clients.")
+        return
     with st.expander("Reproduce in Python (and with `ats attack`)"):
         st.code(python_snippet(run), language="python")
         st.markdown("The Python call gives this run's numbers exactly. Each setting alone, on the command line, "
@@ -585,10 +908,40 @@ def python_snippet(run: dict) -> str:
             "          f\"aligned {row['psnr_x_aligned']:.4f} dB, mean colour {row['baseline_mean_colour']:.4f} dB\")\n")
 
 
+def threat_snippet(run: dict) -> str:
+    """The `ats.threats.attack_threat` call that gives a threat run's numbers."""
+    source, setting = run["source"], run["settings"][0]
+    if source["kind"] == "upload":
+        image = (f"x = ats.load_image({source['file']!r})[None].to(device)  # the file you uploaded\n"
+                 f"y = torch.tensor({run['label']}, device=device)")
+    else:
+        loader = "ats.load_samples()" if source["kind"] == "samples" else 'ats.load_dataset("cifar100", "test")'
+        image = f"images = {loader}\nx, y = images.batch({run['indices']}, device=device)"
+    model = {"untrained": f"model = ats.build_model({run['model']!r}, 100, seed={run['seed']})",
+             "upload": f"model, _ = ats.load_checkpoint('your-checkpoint.pt', expect_arch={run['model']!r})"}.get(
+        run["weights"], f"model, _ = ats.load_checkpoint(asset_path('models', {run['weights']!r}), "
+                        f"expect_arch={run['model']!r})")
+    return ("from dataclasses import replace\n\nimport torch\n\nimport ats\nfrom ats.attacks import AttackConfig\n"
+            "from ats.runtime import asset_path\nfrom ats.threats import attack_threat\n\n"
+            f"device = ats.pick_device()\n{image}\n{model}\nmodel = model.to(device).eval()\n"
+            f"config = replace(AttackConfig.preset({setting.attack!r}), iterations={run['iterations']})\n"
+            f"outcome = attack_threat(model, x, y, {run['threat']!r}, config, policy={setting.policy!r}, "
+            f"defense={setting.defense!r},\n                        seed={run['seed']}, "
+            f"indices={run['indices'] if source['kind'] != 'upload' else [0]})\n"
+            "for r in outcome.results:\n"
+            "    print(f\"#{r.index}: PSNR vs x {r.psnr_x:.4f} dB, aligned {r.psnr_x_aligned:.4f} dB, \"\n"
+            "          f\"mean colour {r.baseline_mean_colour:.4f} dB\")\n")
+
+
 def command_line(run: dict, setting: compare.Setting) -> str:
     source = run["source"]
-    image = (f"--image {source['file']!r} --label {run['label']}" if source["kind"] == "upload" else
-             f"--data {source['kind']} --indices {source['index']}")
+    threat = run.get("threat", "fedsgd")
+    if source["kind"] == "upload":
+        image = f"--image {source['file']!r} --label {run['label'] if threat == 'fedsgd' else run['label'][0]}"
+    elif threat != "fedsgd":
+        image = f"--data {source['kind']} --indices {','.join(str(i) for i in run['indices'])} --threat {threat}"
+    else:
+        image = f"--data {source['kind']} --indices {source['index']}"
     weights = {"untrained": "", "upload": " --checkpoint your-checkpoint.pt"}.get(
         run["weights"], f" --checkpoint ats/assets/models/{run['weights']}")
     return (f"ats attack {image} --model {run['model']}{weights} --policy {setting.policy} --defense "
@@ -605,7 +958,8 @@ def show_history(when: str) -> None:
     for number, run in reversed(list(enumerate(runs, start=1))):
         for _, row in table_of(run).iterrows():
             rows.append({"run": number, "image": run["name"], "model": f"{run['model']} ({run['weights']})",
-                         "setting": f"{row['setting']}: {row['policy']} · {row['defense']} · {row['attack']}",
+                         "setting": f"{row['setting']}: " + (f"{run['threat']} · " if "threat" in row else "")
+                                    + f"{row['policy']} · {row['defense']} · {row['attack']}",
                          "PSNR vs x": row.get("psnr_x"), "mean colour": row.get("baseline_mean_colour"),
                          "aligned": row.get("psnr_x_aligned"), "PSNR vs T(x)": row.get("psnr_tx"),
                          "SSIM vs x": row.get("ssim_x"), "iterations": run["iterations"],
@@ -631,34 +985,48 @@ def run_button(slot, token: int, disabled: bool) -> None:
 
 @st.fragment
 def bench(x: torch.Tensor, y: int, name: str, source: dict) -> None:
-    """The settings, the estimate, Run, the live run, its result and the kept runs (reruns alone)."""
+    """The threat, the settings, the estimate, Run, the live run, its result and the kept runs (reruns alone)."""
     flush_stopped_run()
+    client = None
+    with st.container(border=True):
+        threat = choose_threat()
+        if threat is not None and threat.aggregated:
+            client = choose_client(threat, x, y, name, source)
+    blocked = threat is None or (threat.aggregated and client is None)
     options = choose_model()
-    settings, errors = choose_settings(x, options["seed"], pick_device())
+    settings, errors = choose_settings(x, options["seed"], pick_device(), threat)
     try:
         model = load_model(options)
     except ValueError as error:
         st.error(str(error))
         return
-    if settings and not errors:
-        show_estimate(model, x, y, settings, options)
+    if settings and not errors and not blocked:
+        if threat.aggregated:
+            show_threat_plan(model, threat, client, settings[0], options)
+        else:
+            show_estimate(model, x, y, settings, options)
     token = st.session_state.setdefault("run_token", 0)
     button, status, board, history = st.empty(), st.empty(), st.empty(), st.empty()
-    run_button(button, token, disabled=bool(errors))
+    run_button(button, token, disabled=bool(errors) or blocked)
     asked = st.session_state.pop("asked", None)
     with history.container():
         show_history("before")
     last = st.session_state.get("last_run")
     if asked is not None and asked != token:
         status.info("Run was pressed again while the last run was going: ignored. Press Run now to run again.")
-    if asked == token and not errors:
+    if asked == token and not errors and not blocked:
         st.session_state["run_token"] = token + 1  # a click queued during this run now carries an old token
         status.progress(0.0, text="starting: each setting's client step, then the first iteration")
         button.button("Running…", disabled=True, key=f"running_{token}")
         try:
-            last = run_live(board, status, model, x, y, name, source, settings, options)
-        except ValueError as error:
-            st.error(str(error))
+            if threat.aggregated:
+                last = run_threat(board, status, model, client, settings[0], threat, options)
+            else:
+                last = run_live(board, status, model, x, y, name, source, settings, options)
+        except ValueError as error:  # a combination the library refuses (FedAvg with DP-SGD, …): one line
+            status.empty()
+            board.error(f"This run cannot go: {error}")
+            run_button(button, token + 1, disabled=False)
             return
         keep_in_history(last)
         st.session_state["last_run"] = last
@@ -669,7 +1037,9 @@ def bench(x: torch.Tensor, y: int, name: str, source: dict) -> None:
             show_history("after")
     if last is not None:
         with board.container():
-            if last["settings"] != settings or last["name"] != name:
+            now = str(threat) if threat is not None else None
+            if (last["settings"] != settings or last.get("threat", "fedsgd") != now
+                    or last["name"] != (client["name"] if client is not None else name)):
                 st.caption("The settings or the image changed since this run: press Run to attack with them.")
             show_result(last, options["with_scores"])
 
@@ -678,7 +1048,8 @@ st.html(PIXELATED)
 st.title("Attack playground")
 st.caption("A client shares the gradient of its loss on a private image; the server inverts it. A policy transforms "
            "the image before the gradient is taken, a gradient defense perturbs the gradient. Compare up to four "
-           "settings on one image: Run attacks them side by side.")
+           "settings on one image: Run attacks them side by side. The threat model can instead share a FedAvg "
+           "update or one gradient of a batch whose labels stay private.")
 chosen = choose_image()
 if chosen is None:
     st.stop()

@@ -486,3 +486,68 @@ def test_about_page_explains_and_cites():
     text = " ".join(m.value for m in at.markdown)
     for reference in ("CVPR 2021", "Deep Leakage from Gradients", "iDLG", "Inverting Gradients", "ReScience"):
         assert reference in text
+
+
+# --- the threat panel and DP-SGD (issue 14) -------------------------------------------------------
+
+def test_playground_fedavg_threat_attacks_the_clients_images_jointly(data_dir, capsys):
+    at = page("playground").run()
+    at.radio(key="threat_kind").set_value("fedavg").run()
+    at.number_input(key="threat_epochs").set_value(1)
+    at.number_input(key="threat_batches").set_value(2).run()
+    assert not at.exception and not at.error
+    assert at.multiselect(key="client_cifar100_2").value == [1]  # the next image of the source
+    assert any("1 client(s) of 2" in c.value for c in at.caption)
+    assert any("FedSGD only" in c.value for c in at.caption)  # one setting under an aggregated threat
+    assert any(m.value.startswith("**Before you run:** fedavg-1-2") for m in at.markdown)
+    run_playground(at, iterations=2)
+    assert "This run: fedavg-1-2" in [h.value for h in at.subheader]
+    run = at.session_state["last_run"]
+    assert run["threat"] == "fedavg-1-2" and run["indices"] == [0, 1] and len(run["results"]) == 2
+    table = frame(at, "reading")
+    assert len(table) == 2 and table["PSNR vs x"].notna().all() and table["mean colour"].notna().all()
+    assert any("fedavg-1-2" in s for s in at.dataframe[-1].value["setting"])  # the kept runs name it
+    snippet = at.code[0].value
+    assert "attack_threat(model, x, y, 'fedavg-1-2', config" in snippet
+    assert "--indices 0,1 --threat fedavg-1-2" in at.code[1].value
+    capsys.readouterr()
+    exec(compile(snippet, "reproduce.py", "exec"), {})  # the library's call gives the page's numbers
+    printed = [float(line.split("PSNR vs x ")[1].split(" dB")[0]) for line in capsys.readouterr().out.splitlines()]
+    assert printed == pytest.approx([r.psnr_x for r in run["results"]], abs=1e-4)
+
+
+def test_playground_dp_sgd_defense_shows_its_epsilon(data_dir):
+    from ats.privacy import noise_for_epsilon, update_epsilon
+
+    at = page("playground").run()
+    at.radio(key="count").set_value(1).run()
+    at.selectbox(key="defense_0").set_value("dp").run()
+    at.number_input(key="dp_clip_0").set_value(1.0)
+    at.number_input(key="dp_sigma_0").set_value(1.1).run()
+    assert not at.exception and not at.error
+    shown = f"ε = {update_epsilon(1.1):.3g}** at δ = 1e-5"
+    assert any("`dp-1-1.1`" in c.value and shown in c.value for c in at.caption)
+    at.selectbox(key="dp_by_0").set_value("target ε").run()
+    at.number_input(key="dp_epsilon_0").set_value(8.0).run()
+    sigma = float(f"{noise_for_epsilon(8.0):.4g}")
+    assert any(f"σ = {sigma:g} for ε = 8" in c.value for c in at.caption)
+    assert any(f"`dp-1-{sigma:g}`" in c.value and f"ε = {update_epsilon(sigma):.3g}" in c.value for c in at.caption)
+    run_playground(at, iterations=2)
+    assert at.session_state["last_run"]["settings"][0].defense == f"dp-1-{sigma:g}"
+    assert any(c.value.startswith("DP-SGD: **ε =") for c in at.caption)  # beside the result too
+
+
+def test_playground_bad_threat_combinations_are_error_lines(data_dir):
+    at = page("playground").run()
+    at.radio(key="threat_kind").set_value("batch").run()
+    at.number_input(key="threat_batch").set_value(4).run()
+    at.multiselect(key="client_cifar100_4").set_value([1]).run()  # two images for batch-4
+    assert not at.exception
+    assert "do not split into clients of 4" in at.error[0].value and "Pick 4 images" in at.error[0].value
+    assert at.button(key="run_0").disabled
+    at.radio(key="threat_kind").set_value("fedavg").run()  # FedAvg-1-2 under DP-SGD: client_update refuses it
+    at.selectbox(key="defense_0").set_value("dp").run()
+    assert not at.exception and not at.error
+    run_playground(at, iterations=2)
+    assert "This run cannot go" in at.error[0].value and "no DP-SGD" in at.error[0].value
+    assert at.button(key="run_1").label == "Run" and not at.button(key="run_1").disabled
