@@ -15,8 +15,8 @@ SCRIPTS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
 pytestmark = pytest.mark.slow
 
 
-def test_six_notebooks_each_paired_and_indexed():
-    assert len(SCRIPTS) == 6
+def test_seven_notebooks_each_paired_and_indexed():
+    assert len(SCRIPTS) == 7
     index = (NOTEBOOKS / "README.md").read_text()
     for script in SCRIPTS:
         assert script.with_suffix(".ipynb").is_file(), f"{script.name} has no .ipynb"
