@@ -287,9 +287,23 @@ def test_cli_default_threat_is_fedsgd_with_dp_per_image(capsys, tmp_path, data_d
     (["--threat", "fedavg-1-3", "--indices", "0-1"], "3 local batches"),
     (["--defense", "dp--1-1"], "dp--1-1"),
     (["--defense", "dp-1-1000"], "noise multiplier"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "nan"], "--lr"),
 ])
 def test_cli_bad_threats_and_dp_exit_2_with_one_line(capsys, tmp_path, argv, fragment, data_dir):
     code, out, err = run(capsys, "attack", "--model", "lenet", "--iterations", "1", "--out", str(tmp_path), *argv)
     assert code == 2 and out == ""
     line = err.strip().splitlines()[-1]
     assert line.startswith("ats attack: error:") and fragment in line
+
+
+def test_cli_lr_overrides_the_preset(capsys, tmp_path, data_dir):
+    code, out, _ = run(capsys, "attack", "--indices", "0-1", "--model", "lenet", "--threat", "fedavg-1-2",
+                       "--attack", "lbfgs-cos", "--lr", "1", "--restarts", "1", "--iterations", "2", "--json",
+                       "--out", str(tmp_path))
+    assert code == 0 and json.loads(out)["threat"] == "fedavg-1-2"
+    from ats.cli import attack
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(attack="lbfgs-cos", iterations=None, restarts=None, lr=1.0)
+    assert attack.attack_config(args).lr == 1.0
