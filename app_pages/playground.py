@@ -886,6 +886,14 @@ def reproduce(run: dict) -> None:
         st.code("\n".join(command_line(run, s) for s in run["settings"]), language="bash")
 
 
+def _model_line(run: dict) -> str:
+    """The snippets' line that builds or loads the run's model."""
+    return {"untrained": f"model = ats.build_model({run['model']!r}, 100, seed={run['seed']})",
+            "upload": f"model, _ = ats.load_checkpoint('your-checkpoint.pt', expect_arch={run['model']!r})"}.get(
+        run["weights"], f"model, _ = ats.load_checkpoint(asset_path('models', {run['weights']!r}), "
+                        f"expect_arch={run['model']!r})")
+
+
 def python_snippet(run: dict) -> str:
     """The `ats` calls that give this run's numbers (the Python snippet the reproduce expander shows)."""
     source = run["source"]
@@ -895,10 +903,7 @@ def python_snippet(run: dict) -> str:
     else:
         loader = "ats.load_samples()" if source["kind"] == "samples" else 'ats.load_dataset("cifar100", "test")'
         image = f"images = {loader}\nx, y = images.batch([{source['index']}])\nx, y = x[0], int(y[0])"
-    model = {"untrained": f"model = ats.build_model({run['model']!r}, 100, seed={run['seed']})",
-             "upload": f"model, _ = ats.load_checkpoint('your-checkpoint.pt', expect_arch={run['model']!r})"}.get(
-        run["weights"], f"model, _ = ats.load_checkpoint(asset_path('models', {run['weights']!r}), "
-                        f"expect_arch={run['model']!r})")
+    model = _model_line(run)
     settings = ",\n            ".join(f"Setting({s.policy!r}, {s.defense!r}, {s.attack!r})" for s in run["settings"])
     return (f"import ats\nfrom ats.compare import Setting, compare\nfrom ats.runtime import asset_path\n\n{image}\n"
             f"{model}\nmodel = model.to(ats.pick_device()).eval()\nsettings = [{settings}]\n"
@@ -917,10 +922,7 @@ def threat_snippet(run: dict) -> str:
     else:
         loader = "ats.load_samples()" if source["kind"] == "samples" else 'ats.load_dataset("cifar100", "test")'
         image = f"images = {loader}\nx, y = images.batch({run['indices']}, device=device)"
-    model = {"untrained": f"model = ats.build_model({run['model']!r}, 100, seed={run['seed']})",
-             "upload": f"model, _ = ats.load_checkpoint('your-checkpoint.pt', expect_arch={run['model']!r})"}.get(
-        run["weights"], f"model, _ = ats.load_checkpoint(asset_path('models', {run['weights']!r}), "
-                        f"expect_arch={run['model']!r})")
+    model = _model_line(run)
     return ("from dataclasses import replace\n\nimport torch\n\nimport ats\nfrom ats.attacks import AttackConfig\n"
             "from ats.runtime import asset_path\nfrom ats.threats import attack_threat\n\n"
             f"device = ats.pick_device()\n{image}\n{model}\nmodel = model.to(device).eval()\n"

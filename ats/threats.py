@@ -212,6 +212,9 @@ def _in_order(recon: Reconstruction, private: ClientSecrets) -> Reconstruction:
 
 # --- a study: one set of images under several threats, policies and defenses ----------------------
 
+RECOVERED_DB = 6.0  # an image counts as recovered this far above its own mean colour (PSNR vs x)
+
+
 @dataclass(frozen=True)
 class Scenario:
     """One row of a threat study: what the client shares (`threat`), its `policy` and `defense`,
@@ -253,7 +256,8 @@ def threat_study(model: nn.Module, x: Tensor, y: Tensor, scenarios: Sequence[Sce
 
 def study_rows(study: Sequence[tuple[Scenario, ThreatAttack]], *, reference: int = 0) -> list[dict]:
     """One dict per scenario: median PSNR against x with its 95 % interval, aligned PSNR, the
-    mean-colour baseline, whether it leaks (paired against the baseline), the paired difference
+    mean-colour baseline, whether it leaks (paired against the baseline), how many images came back
+    (`recovered`: more than `RECOVERED_DB` above their own mean colour), the paired difference
     against scenario `reference` (same images) with its Wilcoxon p (Holm over the rows), the DP
     budget of one update (`ats.privacy.update_epsilon`) and the seconds it took."""
     from ats.federated import parse_defense
@@ -284,7 +288,8 @@ def study_rows(study: Sequence[tuple[Scenario, ThreatAttack]], *, reference: int
             if colour else math.nan, "leak_margin": leak["median_diff"], "leaks": bool(
                 leak["n"] >= 2 and leak["ci_low"] > 0 and leak["p"] < ALPHA),
             "diff_median": diff["median_diff"], "diff_ci_low": diff["ci_low"], "diff_ci_high": diff["ci_high"],
-            "p": diff["p"], "epsilon_update": update_epsilon(defense.amount) if defense.kind == "dp" else None,
+            "p": diff["p"], "recovered": sum(psnr[k] > colour[k] + RECOVERED_DB for k in psnr),
+            "epsilon_update": update_epsilon(defense.amount) if defense.kind == "dp" else None,
             "delta": DP_DELTA if defense.kind == "dp" else None, "seconds": outcome.seconds,
         })
     tested = [i for i, r in enumerate(rows) if not math.isnan(r["p"])]

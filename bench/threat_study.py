@@ -99,15 +99,15 @@ def main() -> None:
           f"{100 * victims.accuracies[Victim('lenet', 'none', config.stage)]:.1f} %), {attack.name} × "
           f"{args.iterations}, {torch.get_num_threads()} threads\n")
     print("| threat | policy | defense | ε (one update) | clients | PSNR vs x, median [95 % CI] | aligned "
-          "| mean colour | leaks? | Δ vs FedSGD [95 % CI] | p (Holm) | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| mean colour | leaks? | recovered | Δ vs FedSGD [95 % CI] | p (Holm) | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         eps = "–" if r["epsilon_update"] is None else f"{r['epsilon_update']:.3g}"
         p = "–" if math.isnan(r["p_adjusted"]) else f"{r['p_adjusted']:.3f}"
         print(f"| {r['threat']} | {r['policy']} | {r['defense']} | {eps} | {r['clients']} "
               f"| {r['psnr_x_median']:.1f} [{r['psnr_x_ci_low']:.1f}, {r['psnr_x_ci_high']:.1f}] "
               f"| {r['psnr_x_aligned_median']:.1f} | {r['baseline_mean_colour_median']:.1f} "
-              f"| {'yes' if r['leaks'] else 'no'} (+{r['leak_margin']:.1f}) "
+              f"| {'yes' if r['leaks'] else 'no'} ({r['leak_margin']:+.1f}) | {r['recovered']} / {r['finished']} "
               f"| {r['diff_median']:+.1f} [{r['diff_ci_low']:+.1f}, {r['diff_ci_high']:+.1f}] | {p} "
               f"| {r['seconds']:.0f} |")
     (args.out / "threat_study_rows.json").write_text(json.dumps(rows, indent=1, default=float))

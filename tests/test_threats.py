@@ -307,3 +307,33 @@ def test_cli_lr_overrides_the_preset(capsys, tmp_path, data_dir):
 
     args = SimpleNamespace(attack="lbfgs-cos", iterations=None, restarts=None, lr=1.0)
     assert attack.attack_config(args).lr == 1.0
+
+
+# --- a threat study: the same images under several scenarios -------------------------------------
+
+def test_threat_study_rows_pair_with_fedsgd_and_count_recovered_images(lenet):
+    from types import SimpleNamespace
+
+    from ats.threats import Scenario, study_rows, threat_study
+
+    x, y = images(2, seed=4), torch.tensor([1, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study = threat_study(lenet, x, y, [Scenario(), Scenario("batch-2"), Scenario(defense="dp-1-1")],
+                             replace(AttackConfig.ig(), iterations=2))
+    rows = study_rows(study)
+    assert [(r["threat"], r["defense"], r["clients"], r["images"]) for r in rows] == [
+        ("fedsgd", "none", 2, 2), ("batch-2", "none", 1, 2), ("fedsgd", "dp-1-1", 2, 2)]
+    assert rows[0]["diff_median"] == 0 and math.isnan(rows[0]["p_adjusted"])
+    assert rows[2]["epsilon_update"] == pytest.approx(dp_epsilon(1.0, 1.0, 1)) and rows[0]["epsilon_update"] is None
+    # constructed scores: image 0 at its mean colour + 10 dB, image 1 at + 1 dB; the batch 3 dB lower on both
+    shifted = [(s, SimpleNamespace(results=[replace(r, psnr_x=r.baseline_mean_colour + d - (3 if i else 0))
+                                            for r, d in zip(o.results, (10, 1))], clients=o.clients, seconds=1.0))
+               for i, (s, o) in enumerate(study[:2])]
+    rows = study_rows(shifted)
+    assert [r["recovered"] for r in rows] == [1, 1]  # 10 and 7 dB above: recovered; 1 and -2 dB: not
+    assert rows[1]["diff_median"] == pytest.approx(-3) and rows[1]["leak_margin"] == pytest.approx(2.5)
+    with pytest.raises(ValueError, match="scenario batch-4"):
+        threat_study(lenet, x, y, [Scenario("batch-4")], AttackConfig.ig())
+    with pytest.raises(ValueError, match="junk"):
+        Scenario("junk")
