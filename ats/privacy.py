@@ -83,8 +83,8 @@ def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: f
         raise ImportError("dp_epsilon needs the opacus package: pip install 'ats[dp]'") from error
     orders = RDPAccountant.DEFAULT_ALPHAS
     rdp = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=steps, orders=orders)
-    with warnings.catch_warnings():  # "optimal order is the largest alpha": a looser bound, still a bound
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+    with warnings.catch_warnings():  # "optimal order is the largest (smallest) alpha": a looser bound, still a bound
+        warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha")
         epsilon, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
     return float(epsilon)
 
@@ -129,6 +129,6 @@ def noise_for_epsilon(epsilon: float, *, sample_rate: float = 1.0, steps: int = 
     except ImportError as error:
         raise ImportError("noise_for_epsilon needs the opacus package: pip install 'ats[dp]'") from error
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha")
         return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
                                           steps=steps, accountant="rdp"))
