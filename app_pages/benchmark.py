@@ -16,8 +16,10 @@ from ats import benchmark, data, figures, report
 from ats.benchmark import BenchmarkResult
 from ats.federated import DEFENSES
 from ats.indices import ATTACK_SET
+from ats.privacy import DP_DELTA
 from ats.runtime import pick_device
 from ats.store import Store
+from ats.threats import parse_threat
 
 DEFAULT_FILES = (Path("benchmark.csv"), Path("runs") / "*" / "benchmark.csv")  # where `ats benchmark --out` writes
 APP_RUN = Path("runs") / "app-benchmark"  # where a benchmark run from this page goes
@@ -108,6 +110,7 @@ COLUMNS = {
     "model": (("arch",), lambda r: r["arch"]),
     "stage (epochs)": (("stage",), lambda r: None if _number(r["stage"]) is None else int(r["stage"])),
     "policy": (("policy",), lambda r: r["policy"]),
+    "threat": (("threat",), lambda r: r["threat"] if isinstance(r["threat"], str) else "fedsgd"),
     "defense": (("defense",), lambda r: r["defense"]),
     "attack": (("attack",), lambda r: r["attack"]),
     "n": (("images", "failed"), lambda r: _count(r["images"], r["failed"])),
@@ -123,6 +126,8 @@ COLUMNS = {
     DIFF: (("diff_median", "diff_ci_low", "diff_ci_high"), lambda r: _interval(r, "diff")),
     "p (Holm)": (("p_adjusted",), _p),
     "accuracy (%)": (("accuracy",), lambda r: _round(100 * (_number(r["accuracy"]) or math.nan))),
+    "ε one update": (("epsilon_update",), lambda r: _round(r["epsilon_update"], 2)),
+    "ε its training": (("epsilon_train",), lambda r: _round(r["epsilon_train"], 2)),
     "paper PSNR": (("paper_psnr",), lambda r: _round(r["paper_psnr"], 2)),
     "paper acc.": (("paper_accuracy",), lambda r: _round(r["paper_accuracy"], 2)),
 }
@@ -162,8 +167,9 @@ def run_here() -> None:
                 "app; a table from `ats benchmark` can still be uploaded below.")
     with st.form("benchmark_run"):
         st.markdown("Models are trained for seconds (the smoke recipe: 200 images, 2 epochs), so the numbers only "
-                    "show the protocol at work. For real numbers run `ats benchmark --preset laptop` (about 1.5 h on "
-                    "a 2-core CPU) or `--preset paper` on a GPU.")
+                    "show the protocol at work. With an even number of images, the undefended attack also runs on a "
+                    "batch of 2 and on a FedAvg client's update (`batch-2`, `fedavg-1-2`). For real numbers run "
+                    "`ats benchmark --preset laptop` (about 1.5 h on a 2-core CPU) or `--preset paper` on a GPU.")
         left, right = st.columns(2)
         policies = left.text_input("Policies, comma-separated", "none,3-1-7")
         defenses = left.multiselect("Gradient defenses", DEFENSES, default=["none", "prune-70"])
@@ -177,7 +183,8 @@ def run_here() -> None:
         config = benchmark.BenchmarkConfig.smoke()
         config = replace(config, policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
                          defenses=tuple(defenses), images=images, aware=aware, correlation=0,
-                         attack=replace(config.attack, iterations=iterations))
+                         attack=replace(config.attack, iterations=iterations),
+                         threats=tuple(t for t in config.threats if images % parse_threat(t).client_images == 0))
     except ValueError as error:
         st.error(str(error))
         return
@@ -221,10 +228,12 @@ def show_table(main: pd.DataFrame) -> None:
     st.subheader("Policies and defenses")
     means = [] if "psnr_x_median" in main else ["PSNR vs x, mean", "PSNR vs T(x), mean"]
     st.dataframe(shown(main, ["policy", "defense", "stage (epochs)", "n", PSNR_X, "aligned", "vs T(x), median", *means,
-                              "mean colour", "leaks?", DIFF, "p (Holm)", "accuracy (%)"],
-                       rename={DIFF: "Δ vs none [95 % CI]"}), hide_index=True, width="stretch")
+                              "mean colour", "leaks?", DIFF, "p (Holm)", "accuracy (%)",
+                              *dp_columns(main)], rename={DIFF: "Δ vs none [95 % CI]"}), hide_index=True, width="stretch")
     st.caption("Δ vs none: the median paired difference of PSNR vs x against no defense on the same images, its "
-               "95 % bootstrap interval and the Wilcoxon p-value, Holm-adjusted over every comparison of the run.")
+               "95 % bootstrap interval and the Wilcoxon p-value, Holm-adjusted over every comparison of the run."
+               + (f" DP-SGD rows carry their privacy budget ε at δ = {DP_DELTA:g}: of the one update the attacker "
+                  "inverts, and of the training that gave their model." if dp_columns(main) else ""))
     show_paper(main)
     left, right = st.columns(2)
     if {"psnr_x_median", "psnr_x_ci_low", "psnr_x_ci_high"} <= set(main.columns):
@@ -241,6 +250,24 @@ def show_table(main: pd.DataFrame) -> None:
                                          labels={"psnr_tx_mean": "PSNR (dB)"})
     left.plotly_chart(bars, width="stretch")
     right.plotly_chart(trade_off(main, y), width="stretch")
+
+
+def dp_columns(rows: pd.DataFrame) -> list[str]:
+    """The ε columns, where some row of `rows` is a DP-SGD defense with its budget."""
+    return [label for label in ("ε one update", "ε its training")
+            if COLUMNS[label][0][0] in rows and pd.to_numeric(rows[COLUMNS[label][0][0]], errors="coerce").notna().any()]
+
+
+def show_threats(threats: pd.DataFrame) -> None:
+    """The threat study: the undefended attack on a batch's one gradient or a FedAvg client's weight
+    difference, paired with FedSGD (every image its own gradient) on the same images."""
+    st.subheader("Beyond one gradient: other threat models")
+    st.dataframe(shown(threats, ["threat", "policy", "attack", "n", PSNR_X, "aligned", "mean colour", "leaks?",
+                                 DIFF, "p (Holm)"], rename={DIFF: "Δ vs FedSGD [95 % CI]"}),
+                 hide_index=True, width="stretch")
+    st.caption("`batch-B`: B images behind one gradient, labels inferred from the last layer; `fedavg-E-K`: a "
+               "client's weight difference after E local epochs over K one-image batches, inverted by simulating the "
+               "local steps. Δ vs FedSGD: paired with the same images attacked one gradient each.")
 
 
 def trade_off(main: pd.DataFrame, y: str):
@@ -350,6 +377,8 @@ main = table[studies == "table"]
 show_baselines(table, studies)
 show_table(main)
 show_stages(table, studies)
+if (studies == "threat").any():
+    show_threats(table[studies == "threat"])
 if (studies == "aware").any():
     show_aware(main, table[studies == "aware"])
 if (studies == "correlation").any() and "privacy" in table:

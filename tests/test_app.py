@@ -410,6 +410,30 @@ def test_benchmark_page_shows_the_evidence_of_a_table(tmp_path, monkeypatch, dat
     assert len(at.get("plotly_chart")) == 3  # bars, trade-off, leakage over training
 
 
+def test_benchmark_page_shows_dp_budgets_and_the_threat_study(tmp_path, monkeypatch, data_dir):
+    monkeypatch.chdir(tmp_path)
+    evidence_csv(tmp_path / "benchmark.csv", [
+        dict(study="table", policy="none", defense="none", threat="fedsgd", psnr_x_median=20.0),
+        dict(study="table", policy="none", defense="dp-1-1.1", threat="fedsgd", psnr_x_median=5.0,
+             epsilon_update=4.2391, epsilon_train=0.5912, delta=1e-5),
+        dict(study="threat", policy="none", defense="none", threat="batch-4", psnr_x_median=16.0, psnr_x_ci_low=7.0,
+             psnr_x_ci_high=25.0, diff_median=-4.4, diff_ci_low=-17.8, diff_ci_high=0.9, p_adjusted=0.25,
+             leaks=False, leak_margin=1.0, reference="table none/none"),
+        dict(study="threat", policy="none", defense="none", threat="fedavg-2-2", psnr_x_median=17.5),
+    ])
+    at = page("benchmark").run()
+    assert not at.exception and not at.error and not at.warning
+    main = frame(at, "ε one update")
+    assert list(main["defense"]) == ["none", "dp-1-1.1"]
+    assert list(main["ε one update"].fillna(-1)) == [-1, 4.24] and list(main["ε its training"].fillna(-1)) == [-1, 0.59]
+    assert any("privacy budget ε at δ = 1e-05" in c.value for c in at.caption)
+    assert "Beyond one gradient: other threat models" in [h.value for h in at.subheader]
+    threats = frame(at, "Δ vs FedSGD [95 % CI]")
+    assert list(threats["threat"]) == ["batch-4", "fedavg-2-2"]
+    assert list(threats["Δ vs FedSGD [95 % CI]"]) == ["-4.4 [-17.8, 0.9]", "–"]
+    assert list(threats["p (Holm)"]) == ["0.250", "–"]
+
+
 def test_benchmark_page_shows_a_partial_table_without_crashing(tmp_path, monkeypatch, data_dir):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "benchmark.csv").write_text(  # medians but no intervals, leakage or paired tests
