@@ -222,7 +222,7 @@ class Problem:
         if self.gathered is None:
             self.gathered = torch.cat([t[index].reshape(len(index), -1) for t in self.targets], dim=1)
         targets = self.gathered
-        if rows is not None:
+        if rows is not None and rows.numel() < len(index):  # (all of them: no copy of every target)
             index, z, flips, targets = index[rows], z[rows], flips[rows], targets[rows]
         labels = self.labels[index]
         if z.shape[0] == 1:

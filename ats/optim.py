@@ -180,6 +180,8 @@ class BatchedLBFGS(Stepper):
         self.s = torch.zeros(n, m, d, device=z.device)
         self.y = torch.zeros(n, m, d, device=z.device)
         self.rho = torch.zeros(n, m, device=z.device)  # 0 marks an unused slot: a no-op in the recursion
+        self.sy = torch.zeros(n, m, m, device=z.device)  # s_i · y_j between each candidate's stored pairs (slots)
+        self.yy = torch.zeros(n, m, m, device=z.device)  # y_i · y_j
         self.h_diag = torch.ones(n, device=z.device)
         self.prev_grad: Tensor | None = None
         self.prev_step = torch.zeros(n, d, device=z.device)
@@ -235,7 +237,7 @@ class BatchedLBFGS(Stepper):
         return first_costs
 
     def narrow(self, index: Tensor, problem: Problem) -> Tensor:
-        for name in ("s", "y", "rho", "h_diag", "prev_step", "alive", "finite", "count", "costs"):
+        for name in ("s", "y", "rho", "sy", "yy", "h_diag", "prev_step", "alive", "finite", "count", "costs"):
             setattr(self, name, getattr(self, name)[index])
         if self.prev_grad is not None:
             self.prev_grad = self.prev_grad[index]
@@ -246,12 +248,23 @@ class BatchedLBFGS(Stepper):
         """The search direction (N, D) and step size (N,): steepest descent first, then L-BFGS."""
         if self.prev_grad is None:
             return -g, (1.0 / g.abs().sum(dim=1).clamp_min(1e-30)).clamp(max=1.0) * self.config.lr
-        self._remember(g - self.prev_grad, self.prev_step, active)
-        return self._two_loop(-g), torch.full_like(costs, self.config.lr)
+        y, s, q = g - self.prev_grad, self.prev_step, -g
+        stored = self._remember(y, s, active)
+        # every inner product this step needs, each candidate's ring read once: (N, m, 3) and (N, m, 2)
+        with_y = torch.einsum("nmd,nkd->nmk", self.y, torch.stack([s, y, q], dim=1))
+        with_s = torch.einsum("nmd,nkd->nmk", self.s, torch.stack([y, q], dim=1))
+        rows = stored.nonzero().squeeze(1)
+        if rows.numel():  # the new pair's row and column of the pairs' inner products
+            slot = (self.count[rows] - 1) % self.config.history
+            self.sy[rows, slot] = with_y[rows, :, 0]  # s_new · y_j
+            self.sy[rows, :, slot] = with_s[rows, :, 0]  # s_j · y_new
+            self.yy[rows, slot] = self.yy[rows, :, slot] = with_y[rows, :, 1]  # y_new · y_j
+        return self._two_loop(q, with_s[:, :, 1], with_y[:, :, 2]), torch.full_like(costs, self.config.lr)
 
-    def _remember(self, y: Tensor, s: Tensor, active: Tensor) -> None:
+    def _remember(self, y: Tensor, s: Tensor, active: Tensor) -> Tensor:
         """Append the pair (s, y) to each active candidate's own ring where its curvature is positive,
-        as torch does: a rejected pair, or a candidate whose iteration has ended, keeps its history."""
+        as torch does: a rejected pair, or a candidate whose iteration has ended, keeps its history.
+        Returns which candidates stored it (N,)."""
         ys = (y * s).sum(dim=1)  # (N,)
         ok = (ys > 1e-10) & active
         rows = ok.nonzero().squeeze(1)
@@ -262,29 +275,41 @@ class BatchedLBFGS(Stepper):
         self.count += ok.long()
         yy = (y * y).sum(dim=1).clamp_min(1e-30)
         self.h_diag = torch.where(ok, ys / yy, self.h_diag)
+        return ok
 
-    def _two_loop(self, q: Tensor) -> Tensor:
-        """H·q by the L-BFGS two-loop recursion over each candidate's own history, newest first."""
-        m = self.config.history
-        filled = self.count.clamp(max=m)
-        newest = int(self.count.max())
-        pairs = []  # (s, y, rho) of age k for every candidate; rho 0 where it has fewer than k + 1 pairs
-        if bool((self.count == newest).all()):  # in step (one candidate, or none rejected a pair): views
-            for k in range(min(newest, m)):
-                slot = (newest - 1 - k) % m
-                pairs.append((self.s[:, slot], self.y[:, slot], self.rho[:, slot]))
-        else:
-            rows = torch.arange(q.shape[0], device=q.device)
-            for k in range(int(filled.max())):
-                slot = (self.count - 1 - k) % m
-                pairs.append((self.s[rows, slot], self.y[rows, slot], self.rho[rows, slot] * (k < filled)))
-        alphas = []
-        q = q.clone()
-        for s, y, rho in pairs:
-            alphas.append(torch.linalg.vecdot(s, q) * rho)
-            q.addcmul_(alphas[-1].unsqueeze(1), y, value=-1)
-        r = q.mul_(self.h_diag.unsqueeze(1))
-        for (s, y, rho), alpha in zip(reversed(pairs), reversed(alphas)):
-            beta = torch.linalg.vecdot(y, r) * rho
-            r.addcmul_((alpha - beta).unsqueeze(1), s)
-        return r
+    def _two_loop(self, q: Tensor, s_q: Tensor, y_q: Tensor) -> Tensor:
+        """H·q as torch's two-loop recursion computes it over each candidate's own history (newest
+        pair first), given the slots' s_j · q and y_j · q (N, m).
+
+        In closed form (the compact form of Byrd, Nocedal and Schnabel, 1994): the recursion's
+        sequential dot products follow from the pairs' stored inner products (`sy`, `yy`) through
+        two unit-triangular solves of size m, so the (N, m, D) rings are read in batched
+        matrix-vector products, not gathered pair by pair. Equal to the loop up to float rounding."""
+        m, n = self.config.history, q.shape[0]
+        ages = int(self.count.clamp(max=m).max())
+        if ages == 0:
+            return q * self.h_diag.unsqueeze(1)
+        age = torch.arange(ages, device=q.device)
+        slot = (self.count[:, None] - 1 - age) % m  # (N, K): the slot of each candidate's k-th newest pair
+        valid = age < self.count.clamp(max=m)[:, None]
+        rho = torch.where(valid, self.rho.gather(1, slot), torch.zeros((), device=q.device))  # (N, K), 0: no pair
+        pairs = (slot[:, :, None] * m + slot[:, None, :]).reshape(n, 1, -1)  # (age k, age j) -> slot pair
+        sy, yy = torch.stack([self.sy, self.yy], 1).reshape(n, 2, m * m).gather(
+            2, pairs.expand(n, 2, -1)).reshape(n, 2, ages, ages).unbind(1)  # (N, K, K): s_k · y_j, y_k · y_j
+        eye = torch.eye(ages, device=q.device)
+        # first loop, newest first: α_k = ρ_k s_k · (q − Σ_{j<k} α_j y_j)
+        lower = eye + rho[:, :, None] * sy.tril(-1)
+        alpha = torch.linalg.solve_triangular(lower, (rho * s_q.gather(1, slot)).unsqueeze(2), upper=False,
+                                              unitriangular=True).squeeze(2)
+        # r = H0 (q − Σ_j α_j y_j); second loop, oldest first: with δ = α − β and
+        # β_k = ρ_k y_k · (r + Σ_{j>k} δ_j s_j):  (I + ρ · triu(yᵀs, 1)) δ = α − ρ (y · r)
+        y_r = self.h_diag[:, None] * (y_q.gather(1, slot) - torch.einsum("nkj,nj->nk", yy, alpha))
+        upper = eye + rho[:, :, None] * sy.transpose(1, 2).triu(1)
+        delta = torch.linalg.solve_triangular(upper, (alpha - rho * y_r).unsqueeze(2), upper=True,
+                                              unitriangular=True).squeeze(2)
+
+        def by_slot(v: Tensor) -> Tensor:  # (N, K) by age -> (N, m) by slot, 0 where no pair
+            return torch.zeros(n, m, device=q.device).scatter_(1, slot, torch.where(valid, v, 0.0))
+
+        r = (q - torch.einsum("nm,nmd->nd", by_slot(alpha), self.y)) * self.h_diag.unsqueeze(1)
+        return r + torch.einsum("nm,nmd->nd", by_slot(delta), self.s)
