@@ -441,3 +441,42 @@ def test_precision_is_an_option_that_restores_the_settings():
     with pytest.raises(ValueError, match="precision"):
         with precision("fp8"):
             pass
+
+
+def test_batched_lbfgs_direction_is_torchs_two_loop_over_each_candidates_ring():
+    """The compact form (two triangular solves over the stored pairs' inner products) gives the
+    direction torch's two-loop recursion gives, pair by pair, for candidates whose rings hold
+    different numbers of pairs, some wrapped around and some with rejected (negative-curvature) pairs."""
+    from ats.optim import BatchedLBFGS
+
+    gen = torch.Generator().manual_seed(0)
+    n, d, m = 5, 12, 4
+    config = replace(AttackConfig.idlg(), history=m)
+    stepper = BatchedLBFGS(None, config, torch.zeros(n, d))
+    history: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(n)]  # torch's lists, oldest first
+    for round_ in range(7):
+        active = torch.tensor([round_ < stop for stop in (0, 1, 3, 5, 7)])  # 0, 1, 3, 5 and 7 offers
+        s = torch.randn(n, d, generator=gen)
+        y = s + 0.3 * torch.randn(n, d, generator=gen)
+        if round_ == 2:
+            y[1::2] *= -1  # negative curvature: rejected, as torch rejects it
+        q = -torch.randn(n, d, generator=gen)  # the new gradient is -q, and y = g - g_previous
+        stepper.prev_grad, stepper.prev_step = -q - y, s
+        direction, _ = stepper._direction(-q, torch.zeros(n), active)
+        for c in range(n):
+            ys = float(y[c] @ s[c])
+            if bool(active[c]) and ys > 1e-10:
+                history[c] = (history[c] + [(s[c], y[c])])[-m:]
+                assert float(stepper.h_diag[c]) == pytest.approx(ys / float(y[c] @ y[c]), rel=1e-5)
+            r = q[c].clone()  # torch.optim.LBFGS's two-loop, newest pair first
+            alphas = []
+            for s_i, y_i in reversed(history[c]):
+                alphas.append(float(s_i @ r) / float(y_i @ s_i))
+                r = r - alphas[-1] * y_i
+            r = r * float(stepper.h_diag[c])
+            for (s_i, y_i), alpha in zip(history[c], reversed(alphas)):
+                beta = float(y_i @ r) / float(y_i @ s_i)
+                r = r + (alpha - beta) * s_i
+            assert torch.allclose(direction[c], r, rtol=1e-4, atol=1e-5), (round_, c)
+    counts = stepper.count.tolist()
+    assert counts[0] == 0 and max(counts) > m and len(set(counts)) >= 4  # empty, partial and wrapped rings
