@@ -169,7 +169,7 @@ def run_here() -> None:
         st.markdown("Models are trained for seconds (the smoke recipe: 200 images, 2 epochs), so the numbers only "
                     "show the protocol at work. With an even number of images, the undefended attack also runs on a "
                     "batch of 2 and on a FedAvg client's update (`batch-2`, `fedavg-1-2`). For real numbers run "
-                    "`ats benchmark --preset laptop` (about 1.5 h on a 2-core CPU) or `--preset paper` on a GPU.")
+                    "`ats benchmark --preset laptop` (about 51 min on a 2-core CPU) or `--preset paper` on a GPU.")
         left, right = st.columns(2)
         policies = left.text_input("Policies, comma-separated", "none,3-1-7")
         defenses = left.multiselect("Gradient defenses", DEFENSES, default=["none", "prune-70"])

@@ -88,19 +88,28 @@ def grid_rows(result: BenchmarkResult, workdir: str | Path, x: torch.Tensor, stu
     if study == "table":
         wanted = [(p, by_key.get(("table", p, "none")), by_key.get(("aware", p, "none")))
                   for p in result.config.table_policies(0)]
-    else:  # every cell of the study, a threat cell named by its threat
-        wanted = [(r.policy if study != "threat" else f"{r.summary.get('threat')} {r.policy}", r, None)
-                  for r in result.rows if r.study == study]
+    else:  # every cell of the study, a threat cell named by its threat, a regime by its model and stage
+        wanted = [(_grid_label(r), r, None) for r in result.rows if r.study == study]
     for policy, plain, aware in wanted:
         kept = _kept(plain, workdir)
         if kept is None:
             continue
-        out.append((f"T(x) {policy}", kept["transformed"][:n].float() / 255, ["" for _ in range(n)]))
+        if plain.policy != "none":  # with no policy the client shares the gradient of x itself: T(x) = x
+            out.append((f"T(x) {policy}", kept["transformed"][:n].float() / 255, ["" for _ in range(n)]))
         out.append((f"{plain.attack} {policy}", kept["recon"][:n].float() / 255, _captions(plain, n)))
         kept_aware = _kept(aware, workdir)
         if kept_aware is not None:
             out.append((f"{aware.attack} {policy}", kept_aware["recon"][:n].float() / 255, _captions(aware, n)))
     return out
+
+
+def _grid_label(row: BenchmarkRow) -> str:
+    """A grid row's name beyond the table: its threat ("batch-4 none") or its model and stage ("resnet20 e0 none")."""
+    if row.study == "threat":
+        return f"{row.summary.get('threat')} {row.policy}"
+    if row.study == "regime":
+        return f"{row.summary.get('arch')} e{row.summary.get('stage')} {row.policy}"
+    return row.policy
 
 
 def _kept(row: BenchmarkRow | None, workdir: str | Path) -> dict | None:
@@ -139,7 +148,9 @@ def save_grid(rows: list[tuple[str, torch.Tensor, list[str]]], path: str | Path,
                 ax.set_xlabel(captions[c], fontsize=6, labelpad=1)
             if c == 0:
                 ax.set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
-    if title:
+    top = 1.0
+    if title:  # tight_layout ignores the title: keep a strip of 0.3 inch above the first row for it
         fig.suptitle(title, fontsize=8)
-    fig.tight_layout(pad=0.3)
+        top -= 0.3 / fig.get_figheight()
+    fig.tight_layout(pad=0.3, rect=(0, 0, 1, top))
     return _save(fig, path)

@@ -102,7 +102,7 @@ class BenchmarkConfig:
 
     @classmethod
     def laptop(cls) -> BenchmarkConfig:
-        """About 1.5 h on a 2-core CPU (86 min measured), in a setting where the undefended attack
+        """About an hour on a 2-core CPU (51 min measured), in a setting where the undefended attack
         leaks: DLG's sigmoid LeNet trained 5 epochs per policy (lr 0.05, constant), iDLG with 100 L-BFGS
         iterations on 32 images; the two gradient defenses on the undefended policy only (the
         paper's Table 3), each on a model trained under it; leakage at 0, 1 and 5 epochs without a

@@ -307,6 +307,12 @@ def test_the_report_draws_the_grids_and_the_stages(smoke_run, tmp_path, data_dir
     for name in ("r-grid-table.png", "r-grid-regime.png", "r-stages.png"):
         assert f"figures/{name}" in text and (tmp_path / "figures" / name).stat().st_size > 1000
     assert "Leakage over training" in text and "1.5 min wall time" in text and "512 MiB" in text
+    from ats.figures import grid_rows
+
+    labels = [label for label, images, _ in grid_rows(result, folder, x, "regime")]
+    assert labels == ["x", "ig lenet e0 none"]  # named by model and stage; no T(x) row when T(x) = x
+    table = [label for label, _, _ in grid_rows(result, folder, x, "table")]
+    assert table[:3] == ["x", "ig none", "T(x) 3-1-7"] and "aware-r2-s2 3-1-7" in table
 
 
 def test_train_defense_trains_each_defended_model_under_its_defense(tmp_path, data_dir):

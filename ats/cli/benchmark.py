@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "attack PSNR. Every finished cell is stored at once: rerun the same command to "
                                    "resume.")
     p.add_argument("--preset", default="laptop", choices=["smoke", "laptop", "paper"],
-                   help="scale of the protocol (default laptop, about 1.5 h on a 2-core CPU)")
+                   help="scale of the protocol (default laptop, about 51 min on a 2-core CPU)")
     p.add_argument("--policies", help="comma-separated policies (default: none and the paper's 3-1-7, 43-18-18, "
                                       "3-1-7+43-18-18)")
     p.add_argument("--defenses", help="comma-separated gradient defenses, e.g. none,prune-70,gauss-1e-3,lap-1e-2, "
