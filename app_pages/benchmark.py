@@ -227,13 +227,14 @@ def show_baselines(table: pd.DataFrame, studies: pd.Series) -> None:
 def show_table(main: pd.DataFrame) -> None:
     st.subheader("Policies and defenses")
     means = [] if "psnr_x_median" in main else ["PSNR vs x, mean", "PSNR vs T(x), mean"]
+    budgets = dp_columns(main)
     st.dataframe(shown(main, ["policy", "defense", "stage (epochs)", "n", PSNR_X, "aligned", "vs T(x), median", *means,
-                              "mean colour", "leaks?", DIFF, "p (Holm)", "accuracy (%)",
-                              *dp_columns(main)], rename={DIFF: "Δ vs none [95 % CI]"}), hide_index=True, width="stretch")
+                              "mean colour", "leaks?", DIFF, "p (Holm)", "accuracy (%)", *budgets],
+                       rename={DIFF: "Δ vs none [95 % CI]"}), hide_index=True, width="stretch")
     st.caption("Δ vs none: the median paired difference of PSNR vs x against no defense on the same images, its "
                "95 % bootstrap interval and the Wilcoxon p-value, Holm-adjusted over every comparison of the run."
                + (f" DP-SGD rows carry their privacy budget ε at δ = {DP_DELTA:g}: of the one update the attacker "
-                  "inverts, and of the training that gave their model." if dp_columns(main) else ""))
+                  "inverts, and of the training that gave their model." if budgets else ""))
     show_paper(main)
     left, right = st.columns(2)
     if {"psnr_x_median", "psnr_x_ci_low", "psnr_x_ci_high"} <= set(main.columns):

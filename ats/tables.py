@@ -64,6 +64,12 @@ def _p(value) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def _p_is(value) -> str:
+    """"p = 0.012" or "p < 0.001", for prose."""
+    shown = _p(value)
+    return f"p {shown}" if shown.startswith("<") else f"p = {shown}"
+
+
 def _leak(flat: dict) -> str:
     return (f"yes (+{flat['leak_margin']:.1f} dB)" if flat["leaks"]
             else "**no leakage measured**")
@@ -185,8 +191,8 @@ def markdown_correlation(result: BenchmarkResult) -> str:
         target = "T(x)" if name == "vs_transformed" else "x"
         lines.append(f"\nS_pri against median PSNR vs {target} over n = {c['n']} policies: Pearson r = "
                      f"{_num(c['pearson'], 3)} [95 % CI {_num(c.get('pearson_ci_low'), 2)}, "
-                     f"{_num(c.get('pearson_ci_high'), 2)}] (p = {_p(c['pearson_p'])}), Spearman ρ = "
-                     f"{_num(c['spearman'], 3)} (p = {_p(c['spearman_p'])}).")
+                     f"{_num(c.get('pearson_ci_high'), 2)}] ({_p_is(c['pearson_p'])}), Spearman ρ = "
+                     f"{_num(c['spearman'], 3)} ({_p_is(c['spearman_p'])}).")
     return "\n".join(lines)
 
 
@@ -208,7 +214,7 @@ def findings(result: BenchmarkResult) -> list[str]:
         d = c.psnr_x
         text = (f"{c.what}: PSNR vs x {d['median_diff']:+.1f} dB [{_num(d['ci_low'], 1)}, {_num(d['ci_high'], 1)}] "
                 f"against {c.reference.policy}/{c.reference.defense} ({c.reference.attack}), aligned "
-                f"{c.aligned['median_diff']:+.1f} dB, p = {_p(c.p_adjusted)} (Holm), n = {d['n']}")
+                f"{c.aligned['median_diff']:+.1f} dB, {_p_is(c.p_adjusted)} (Holm), n = {d['n']}")
         (found if c.significant else missing).append(text)
     out += [f"Supported: {t}." for t in found]
     out += [f"Not supported (interval includes zero or p ≥ 0.05 after Holm): {t}." for t in missing]

@@ -425,7 +425,8 @@ def test_benchmark_page_shows_dp_budgets_and_the_threat_study(tmp_path, monkeypa
     assert not at.exception and not at.error and not at.warning
     main = frame(at, "ε one update")
     assert list(main["defense"]) == ["none", "dp-1-1.1"]
-    assert list(main["ε one update"].fillna(-1)) == [-1, 4.24] and list(main["ε its training"].fillna(-1)) == [-1, 0.59]
+    assert list(main["ε one update"].fillna(-1)) == [-1, 4.24]
+    assert list(main["ε its training"].fillna(-1)) == [-1, 0.59]
     assert any("privacy budget ε at δ = 1e-05" in c.value for c in at.caption)
     assert "Beyond one gradient: other threat models" in [h.value for h in at.subheader]
     threats = frame(at, "Δ vs FedSGD [95 % CI]")

@@ -55,3 +55,10 @@ def test_the_stage_table_lists_policies_attacked_at_several_stages():
     rows = [_row("table", "none", "none", LEAKY, stage=5), _row("stages", "none", "none", LEAKY, stage=0),
             _row("table", "3-1-7", "none", LEAKY, stage=5), _row("table", "none", "prune-70", LEAKY, stage=5)]
     assert [(r.policy, r.summary["stage"]) for r in evidence.stage_rows(rows)] == [("none", 0), ("none", 5)]
+
+
+def test_p_values_read_as_prose_in_the_report():
+    from ats.tables import _p_is
+
+    assert _p_is(0.0004) == "p < 0.001"  # not "p = < 0.001"
+    assert _p_is(0.01234) == "p = 0.012"
