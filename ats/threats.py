@@ -283,8 +283,8 @@ def study_rows(study: Sequence[tuple[Scenario, ThreatAttack]], *, reference: int
             "threat": scenario.threat, "policy": scenario.policy, "defense": scenario.defense,
             "attack": (scenario.attack.name if scenario.attack else None), "images": len(outcome.results),
             "finished": len(psnr), "clients": outcome.clients, "psnr_x_median": median, "psnr_x_ci_low": low,
-            "psnr_x_ci_high": high, "psnr_x_aligned_median": float(torch.tensor(aligned).median()) if aligned
-            else math.nan, "baseline_mean_colour_median": float(torch.tensor(list(colour.values())).median())
+            "psnr_x_ci_high": high, "psnr_x_aligned_median": float(torch.tensor(aligned).quantile(0.5)) if aligned
+            else math.nan, "baseline_mean_colour_median": float(torch.tensor(list(colour.values())).quantile(0.5))
             if colour else math.nan, "leak_margin": leak["median_diff"], "leaks": bool(
                 leak["n"] >= 2 and leak["ci_low"] > 0 and leak["p"] < ALPHA),
             "diff_median": diff["median_diff"], "diff_ci_low": diff["ci_low"], "diff_ci_high": diff["ci_high"],

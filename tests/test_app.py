@@ -531,6 +531,8 @@ def test_playground_fedavg_threat_attacks_the_clients_images_jointly(data_dir, c
     assert run["threat"] == "fedavg-1-2" and run["indices"] == [0, 1] and len(run["results"]) == 2
     table = frame(at, "reading")
     assert len(table) == 2 and table["PSNR vs x"].notna().all() and table["mean colour"].notna().all()
+    median = next(m for m in at.metric if m.label == "median PSNR vs x")
+    assert float(median.value.split()[0]) == pytest.approx(table["PSNR vs x"].mean(), abs=0.006)  # of two: their mean
     assert any("fedavg-1-2" in s for s in at.dataframe[-1].value["setting"])  # the kept runs name it
     snippet = at.code[0].value
     assert "attack_threat(model, x, y, 'fedavg-1-2', config" in snippet

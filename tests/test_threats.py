@@ -333,6 +333,11 @@ def test_threat_study_rows_pair_with_fedsgd_and_count_recovered_images(lenet):
     rows = study_rows(shifted)
     assert [r["recovered"] for r in rows] == [1, 1]  # 10 and 7 dB above: recovered; 1 and -2 dB: not
     assert rows[1]["diff_median"] == pytest.approx(-3) and rows[1]["leak_margin"] == pytest.approx(2.5)
+    results = shifted[0][1].results  # medians of two images are their means, not the lower one
+    colours, aligned = [r.baseline_mean_colour for r in results], [r.psnr_x_aligned for r in results]
+    assert colours[0] != colours[1] and aligned[0] != aligned[1]
+    assert rows[0]["baseline_mean_colour_median"] == pytest.approx(sum(colours) / 2)
+    assert rows[0]["psnr_x_aligned_median"] == pytest.approx(sum(aligned) / 2)
     with pytest.raises(ValueError, match="scenario batch-4"):
         threat_study(lenet, x, y, [Scenario("batch-4")], AttackConfig.ig())
     with pytest.raises(ValueError, match="junk"):
