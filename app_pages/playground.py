@@ -33,7 +33,7 @@ from ats.fedavg import MAX_LOCAL_STEPS
 from ats.federated import DEFENSES, Defense, client_update, parse_defense
 from ats.images import load_image
 from ats.limits import MAX_ATTACK_IMAGES
-from ats.metrics import pair_reconstructions, psnr
+from ats.metrics import PSNR_CAP, pair_reconstructions, psnr
 from ats.policy import parse_policy
 from ats.pool import POOL
 from ats.privacy import DP_CLIP, DP_DELTA, DP_NOISE, noise_for_epsilon, update_epsilon
@@ -767,8 +767,10 @@ def show_column(column, run: dict, i: int, iteration: int) -> None:
                 help="The best PSNR over the flips and shifts the client's crop and policy can make.")
     right.metric("PSNR vs T(x)", f"{result.psnr_tx:.2f} dB",
                  help="The paper's number; for the aware attacker, its own estimate of T(x) against T(x).")
+    tx = ("T(x) is x here" if result.baseline_tx >= PSNR_CAP  # no policy and no crop: the guess is the answer
+          else f"T(x) itself {result.baseline_tx:.1f} dB")
     column.caption(f"SSIM vs x {result.ssim_x:.3f} · trivial guesses vs x: flat grey {result.baseline_grey:.1f} dB, "
-                   f"mean colour {result.baseline_mean_colour:.1f} dB, T(x) itself {result.baseline_tx:.1f} dB · "
+                   f"mean colour {result.baseline_mean_colour:.1f} dB, {tx} · "
                    f"label {'recovered' if result.label_recovered else 'not recovered'}")
     if (budget := epsilon_text(setting.defense)) is not None:
         column.caption(f"DP-SGD: {budget}")

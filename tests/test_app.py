@@ -562,6 +562,8 @@ def test_playground_dp_sgd_defense_shows_its_epsilon(data_dir):
     run_playground(at, iterations=2)
     assert at.session_state["last_run"]["settings"][0].defense == f"dp-1-{sigma:g}"
     assert any(c.value.startswith("DP-SGD: **ε =") for c in at.caption)  # beside the result too
+    guesses = [c.value for c in at.caption if "trivial guesses vs x" in c.value]
+    assert guesses and all("T(x) is x here" in g and "100.0 dB" not in g for g in guesses)  # no policy: no guess
 
 
 def test_playground_bad_threat_combinations_are_error_lines(data_dir):

@@ -140,7 +140,7 @@ def run(args) -> int:
     crop_flip = policy != Policy.none()  # as before: crop and flip come with a policy, not without
     shared, private = client_update(model, x, y, policy, defense, crop_flip=crop_flip, generator=generator,
                                     **options)
-    log(f"ats attack: {config.name} on {len(indices)} image(s), {type(model).__name__}, "
+    log(f"ats attack: {config.name} on {len(indices)} image(s), {getattr(model, 'arch', type(model).__name__)}, "
          f"policy {policy}, defense {defense}, threat {threat}, {describe_device(device)}")
     started = time.perf_counter()
     final = None
@@ -179,14 +179,17 @@ def run(args) -> int:
 
 
 def _privacy(defense, batch: int, population: int) -> dict:
-    """For DP-SGD: ε at δ = 1e-5 of the one step taken, at sampling rate `batch` / `population`."""
-    from ats.privacy import DP_DELTA, dp_epsilon
+    """For DP-SGD, at δ = 1e-5: `epsilon`, the budget of the one update the attacker inverts (sampling
+    rate 1, one step: `ats.privacy.update_epsilon`, as the app, the benchmark and the notebooks show
+    it), and `epsilon_sampled`, the same step's budget had the client drawn its batch at rate
+    `batch` / `population` from the data set (amplification by sampling)."""
+    from ats.privacy import DP_DELTA, dp_epsilon, update_epsilon
 
     if defense.kind != "dp":
         return {}
     rate = min(1.0, batch / population)
-    return {"epsilon": dp_epsilon(defense.amount, rate, 1, DP_DELTA), "delta": DP_DELTA,
-            "sample_rate": rate, "steps": 1}
+    return {"epsilon": update_epsilon(defense.amount, DP_DELTA), "delta": DP_DELTA,
+            "epsilon_sampled": dp_epsilon(defense.amount, rate, 1, DP_DELTA), "sample_rate": rate, "steps": 1}
 
 
 def _print_table(results, document) -> None:
@@ -201,6 +204,6 @@ def _print_table(results, document) -> None:
               f"{s['psnr_tx_mean']:.2f} dB against the transformed T(x); "
               f"labels recovered {s['label_accuracy']:.0%}; {document['seconds']:.1f} s on {document['device']}")
     if "epsilon" in document:
-        print(f"DP-SGD: ε = {document['epsilon']:.3g} at δ = {document['delta']:g} for {document['steps']} step at "
-              f"sampling rate {document['sample_rate']:.3g}")
+        print(f"DP-SGD: ε = {document['epsilon']:.3g} at δ = {document['delta']:g} for the one update inverted "
+              f"({document['epsilon_sampled']:.3g} had its batch been sampled at rate {document['sample_rate']:.3g})")
     print(f"grid: {document['grid']}")
