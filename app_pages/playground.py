@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from ats import checkpoints, compare, data, models, scores, viz
+from ats import checkpoints, compare, data, models, scores, stats, viz
 from ats.attacks import PRESETS, iter_reconstruct
 from ats.baselines import baseline_scores
 from ats.evaluation import evaluate_reconstruction
@@ -690,8 +690,8 @@ def show_threat_result(run: dict, with_scores: bool) -> None:
     done = [r for r in results if r.status == "ok"]
     left, middle, right = st.columns(3)
     if done:
-        median = float(torch.tensor([r.psnr_x for r in done]).quantile(0.5))  # (torch's median() is the lower one)
-        colour = float(torch.tensor([r.baseline_mean_colour for r in done]).quantile(0.5))
+        median = stats.median([r.psnr_x for r in done])
+        colour = stats.median([r.baseline_mean_colour for r in done])
         left.metric("median PSNR vs x", f"{median:.2f} dB", delta=f"{median - colour:+.1f} dB vs their mean colour",
                     help="Each reconstruction paired to its image; below zero, nothing beyond each image's mean colour.")
     middle.metric("labels recovered", f"{sum(r.label_recovered for r in results)} of {len(results)}")

@@ -9,6 +9,7 @@ pretrained backbone is on the machine and left empty (NaN, noted once) otherwise
 """
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 MIN_MSE = 1e-10  # identical images score 10·log10(1 / 1e-10) = 100 dB instead of infinity
-PSNR_CAP = 100.0  # dB: what identical images score (at peak 1)
+PSNR_CAP = -10 * math.log10(MIN_MSE)  # 100 dB: what identical images score (at peak 1)
 
 
 def _check_pair(a: Tensor, b: Tensor) -> None:

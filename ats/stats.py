@@ -19,6 +19,12 @@ from ats.store import BenchmarkRow
 STATISTICS = {"median": np.median, "mean": np.mean}
 
 
+def median(values: Sequence[float]) -> float:
+    """The median of `values`, the mean of the middle two for an even count (torch's `median()`
+    returns the lower one); nan for none."""
+    return float(np.median(np.asarray(values, dtype=float))) if len(values) else math.nan
+
+
 def _check_confidence(confidence: float) -> None:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence {confidence!r} must lie strictly between 0 and 1")

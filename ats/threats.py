@@ -263,7 +263,7 @@ def study_rows(study: Sequence[tuple[Scenario, ThreatAttack]], *, reference: int
     from ats.federated import parse_defense
     from ats.privacy import DP_DELTA, update_epsilon
     from ats.evidence import ALPHA
-    from ats.stats import bootstrap_ci, holm, paired_difference
+    from ats.stats import bootstrap_ci, holm, paired_difference, median as median_of
 
     def ok(outcome: ThreatAttack, key: str) -> dict[int, float]:
         return {r.index: getattr(r, key) for r in outcome.results if r.status == "ok"}
@@ -283,10 +283,9 @@ def study_rows(study: Sequence[tuple[Scenario, ThreatAttack]], *, reference: int
             "threat": scenario.threat, "policy": scenario.policy, "defense": scenario.defense,
             "attack": (scenario.attack.name if scenario.attack else None), "images": len(outcome.results),
             "finished": len(psnr), "clients": outcome.clients, "psnr_x_median": median, "psnr_x_ci_low": low,
-            "psnr_x_ci_high": high, "psnr_x_aligned_median": float(torch.tensor(aligned).quantile(0.5)) if aligned
-            else math.nan, "baseline_mean_colour_median": float(torch.tensor(list(colour.values())).quantile(0.5))
-            if colour else math.nan, "leak_margin": leak["median_diff"], "leaks": bool(
-                leak["n"] >= 2 and leak["ci_low"] > 0 and leak["p"] < ALPHA),
+            "psnr_x_ci_high": high, "psnr_x_aligned_median": median_of(aligned),
+            "baseline_mean_colour_median": median_of(list(colour.values())), "leak_margin": leak["median_diff"],
+            "leaks": bool(leak["n"] >= 2 and leak["ci_low"] > 0 and leak["p"] < ALPHA),
             "diff_median": diff["median_diff"], "diff_ci_low": diff["ci_low"], "diff_ci_high": diff["ci_high"],
             "p": diff["p"], "recovered": sum(psnr[k] > colour[k] + RECOVERED_DB for k in psnr),
             "epsilon_update": update_epsilon(defense.amount) if defense.kind == "dp" else None,

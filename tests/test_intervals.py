@@ -90,3 +90,10 @@ def test_correlation_carries_a_fisher_interval_that_brackets_r():
     assert c["pearson_ci_low"] < c["pearson"] < c["pearson_ci_high"]
     assert (c["pearson_ci_low"], c["pearson_ci_high"]) == stats.correlation_ci(c["pearson"], 12)
     assert math.isnan(stats.correlation([1, 2], [1, 2])["pearson_ci_low"])
+
+
+def test_median_of_an_even_count_is_the_mean_of_the_middle_two():
+    from ats.stats import median
+
+    assert median([6.621, 5.167]) == pytest.approx(5.894)  # torch's median() said 5.167
+    assert median([3.0, 1.0, 2.0]) == 2.0 and math.isnan(median([]))
