@@ -46,13 +46,17 @@ def warp(pixels: Tensor, shift: Tensor, flip: Tensor) -> Tensor:
     """The aware attacker's guess of the transform on (k, C, H, W) pixels: flip, then shift.
 
     `shift` (2,) is in pixels (x, y), fractional and differentiable (bilinear sampling); uncovered
-    pixels are black, as the policy's translations leave them. `flip` is a bool scalar.
+    pixels are black, as the policy's translations leave them. `flip` is a bool scalar. Several
+    candidates at once: pixels (N, k, C, H, W), shift (N, 2), flip (N,).
     """
-    pixels = torch.where(flip, pixels.flip(-1), pixels)
-    h, w = pixels.shape[-2:]
+    lead = shift.shape[:-1]  # () or (N,)
+    k, c, h, w = pixels.shape[-4:]
+    pixels = torch.where(flip.reshape(*lead, 1, 1, 1, 1), pixels.flip(-1), pixels)
     xs = (torch.arange(w, device=pixels.device) * 2 + 1) / w - 1  # pixel centres, align_corners=False
     ys = (torch.arange(h, device=pixels.device) * 2 + 1) / h - 1
-    grid_x = (xs - 2 * shift[0] / w).expand(h, w)
-    grid_y = (ys - 2 * shift[1] / h)[:, None].expand(h, w)
-    grid = torch.stack([grid_x, grid_y], dim=-1).expand(pixels.shape[0], h, w, 2)
-    return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    grid_x = (xs - 2 * shift[..., 0:1] / w)[..., None, :].expand(*lead, h, w)
+    grid_y = (ys - 2 * shift[..., 1:2] / h)[..., :, None].expand(*lead, h, w)
+    grid = torch.stack([grid_x, grid_y], dim=-1)[..., None, :, :, :].expand(*lead, k, h, w, 2)
+    out = F.grid_sample(pixels.reshape(-1, c, h, w), grid.reshape(-1, h, w, 2), mode="bilinear",
+                        padding_mode="zeros", align_corners=False)
+    return out.reshape(pixels.shape)

@@ -1,0 +1,160 @@
+"""Per-example gradients by hand (`ats.persample`) against plain autograd, one example at a time,
+and the attack's batched path built on them against `vmap`."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from ats.attacks import AttackConfig
+from ats.federated import client_update
+from ats.models import build_model
+from ats.objective import Problem
+from ats.persample import ConvWeightPerExample, Unsupported, per_example_gradients, unsupported
+
+
+def _trained_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, so batch norm's terms are tested."""
+    generator = torch.Generator().manual_seed(3)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            c = module.num_features
+            module.running_mean.copy_(0.3 * torch.randn(c, generator=generator))
+            module.running_var.copy_(0.5 + torch.rand(c, generator=generator))
+            with torch.no_grad():
+                module.weight.copy_(1 + 0.2 * torch.randn(c, generator=generator))
+                module.bias.copy_(0.1 * torch.randn(c, generator=generator))
+    return model.eval()
+
+
+def _per_example_autograd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """Each group of k images' mean-loss gradient, one group at a time: (groups, *shape) per parameter."""
+    rows = []
+    for start in range(0, len(x), k):
+        loss = nn.functional.cross_entropy(model(x[start:start + k]), y[start:start + k])
+        rows.append(torch.autograd.grad(loss, list(model.parameters())))
+    return [torch.stack(g) for g in zip(*rows)]
+
+
+@pytest.mark.parametrize(("arch", "k"), [("lenet", 1), ("lenet", 2), ("resnet20", 1), ("resnet20", 3), ("convnet-8", 1)])
+def test_per_example_gradients_equal_autograd_one_group_at_a_time(arch, k):
+    model = _trained_bn(build_model(arch, 10, seed=0))
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 3, 32, 32, generator=generator)
+    y = torch.randint(0, 10, (6,), generator=generator)
+    expected = _per_example_autograd(model, x, y, k)
+    total = lambda out: nn.functional.cross_entropy(out, y, reduction="sum") / k  # noqa: E731
+    got = per_example_gradients(model, x, total, groups=6 // k)
+    assert len(got) == len(expected) == len(list(model.parameters()))
+    for name, g, e in zip(dict(model.named_parameters()), got, expected):
+        assert g.shape == e.shape, name
+        assert torch.allclose(g, e, rtol=1e-4, atol=1e-5 * float(e.abs().max())), name
+
+
+def test_conv_weight_per_example_passes_gradcheck():
+    """Its backward (two grouped convolutions) is the derivative of its forward: stride, padding,
+    dilation and groups of two examples, in float64."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 2, 7, 7, dtype=torch.float64, generator=generator, requires_grad=True)
+    conv = nn.Conv2d(2, 3, 3, stride=2, padding=2, dilation=2).double()
+    delta = torch.randn_like(conv(a)).requires_grad_(True)
+    args = (2, conv.kernel_size, conv.stride, conv.padding, conv.dilation)
+    assert torch.autograd.gradcheck(lambda d, x: ConvWeightPerExample.apply(d, x, *args), (delta, a))
+    # and it is the weight gradient: ⟨G_group, W⟩ summed equals ∂/∂W of Σ ⟨δ, conv(a, W)⟩
+    g = ConvWeightPerExample.apply(delta, a, *args).sum(0)
+    (expected,) = torch.autograd.grad((delta * conv(a)).sum(), conv.weight)
+    assert torch.allclose(g, expected)
+
+
+def test_unsupported_names_the_layer_and_the_batched_path_falls_back_to_vmap():
+    norm = nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 4, 3), norm=nn.GroupNorm(2, 4), flatten=nn.Flatten(),
+                                     fc=nn.Linear(4 * 30 * 30, 10)))
+    assert "norm is a GroupNorm" in unsupported(norm)
+    grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
+    assert "grouped" in unsupported(grouped)
+    training = build_model("resnet20", 10, seed=0).train()
+    assert "batch statistics" in unsupported(training)
+    assert unsupported(training.eval()) is None and unsupported(build_model("lenet", 10)) is None
+    with pytest.raises(ValueError, match="GroupNorm"):
+        per_example_gradients(norm, torch.rand(2, 3, 32, 32), lambda out: out.sum(), 2)
+
+
+class _Twice(nn.Module):
+    """A layer run twice in one forward pass: outside what the hooks can attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 32 * 32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(torch.sigmoid(self.conv(x))).flatten(1))
+
+
+def test_a_layer_run_twice_is_refused_and_the_attack_uses_vmap_instead():
+    model = _Twice()
+    with pytest.raises(Unsupported, match="exactly once"):
+        per_example_gradients(model, torch.rand(2, 3, 32, 32), lambda out: out.sum(), 2)
+    x, y = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([1, 2])
+    update = client_update(model, x, y, per_example=True).shared
+    problem = Problem.build(model, update, replace(AttackConfig.ig(), restarts=2), joint=False)
+    assert problem.by_hand  # nothing in its layer types says otherwise
+    z = problem.initial(torch.Generator().manual_seed(1), None)
+    costs, grads = problem.costs_and_grads(z)
+    assert not problem.by_hand  # found out on the first evaluation, and `vmap` answered it
+    for n in range(4):
+        cost, g = problem.costs_and_grads(z, rows=torch.tensor([n]))
+        assert torch.allclose(cost, costs[n:n + 1], rtol=1e-5)
+        assert torch.allclose(g, grads[n:n + 1], rtol=1e-3, atol=1e-5 * float(grads[n].abs().max()))
+
+
+@pytest.mark.parametrize(("arch", "preset", "changes", "joint"), [
+    ("resnet20", "ig", {}, False),
+    ("convnet-8", "ig", {"labels": "joint"}, False),
+    ("lenet", "idlg", {}, False),
+    ("lenet", "dlg", {}, True),
+    ("lenet", "ig", {"cost": "l1"}, True),
+])
+def test_the_batched_path_agrees_with_vmap(arch, preset, changes, joint, image_batch):
+    """Costs and their image gradients through `ats.persample` equal `vmap`'s: cosine, L2 and L1,
+    known, inferred and joint labels, one image or a batch per candidate, any subset of rows."""
+    model = _trained_bn(build_model(arch, 100, seed=0))
+    x, y = image_batch[0][:3], image_batch[1][:3]
+    update = client_update(model, x, y, per_example=not joint).shared
+    config = replace(AttackConfig.preset(preset), restarts=3, **changes)
+    by_hand = Problem.build(model, update, config, joint=joint)
+    assert by_hand.by_hand
+    with_vmap = replace(by_hand, by_hand=False)
+    z = by_hand.initial(torch.Generator().manual_seed(2), None)
+    for rows in (None, torch.tensor([2, 0])):
+        costs, grads = by_hand.costs_and_grads(z, rows=rows)
+        expected_costs, expected_grads = with_vmap.costs_and_grads(z, rows=rows)
+        assert torch.allclose(costs, expected_costs, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(grads, expected_grads, rtol=1e-3, atol=1e-4 * float(expected_grads.abs().max()))
+
+
+def test_the_aware_attack_goes_by_hand_and_agrees_with_vmap(image_batch):
+    """Each candidate's own shift and flip hypothesis, warped in one batch (`ats.aware.warp`)."""
+    model = build_model("lenet", 100, seed=0)
+    x, y = image_batch[0][:2], image_batch[1][:2]
+    update = client_update(model, x, y, "3-1-7", crop_flip=True, per_example=True,
+                           generator=torch.Generator().manual_seed(0)).shared
+    by_hand = Problem.build(model, update, replace(AttackConfig.aware_ig(), restarts=4), joint=False,
+                            policy="3-1-7", crop_flip=True)
+    assert by_hand.by_hand and by_hand.flips.any() and not by_hand.flips.all()
+    z = by_hand.initial(torch.Generator().manual_seed(2), None)
+    costs, grads = by_hand.costs_and_grads(z)
+    expected_costs, expected_grads = replace(by_hand, by_hand=False).costs_and_grads(z)
+    assert torch.allclose(costs, expected_costs, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(grads, expected_grads, rtol=1e-3, atol=1e-4 * float(expected_grads.abs().max()))
+    assert grads[:, -2:].abs().sum() > 0  # the shifts are learned too
+
+
+def test_fedavg_attacks_keep_vmap(image_batch):
+    model = build_model("lenet", 100, seed=0)
+    x, y = image_batch[0][:2], image_batch[1][:2]
+    fedavg = client_update(model, x, y, local_steps=2).shared
+    assert fedavg.local is not None and not Problem.build(model, fedavg, AttackConfig.ig(), joint=True).by_hand
