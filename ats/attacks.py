@@ -23,7 +23,7 @@ each candidate holds one image and matches that image's own gradient; for a join
 candidate holds the whole batch and matches the one aggregated gradient. This module holds the
 configurations, the result and the loop; the parts live beside it:
 
-* `ats.objective`: the candidates as arrays and their cost (one `vmap(grad_and_value)` call);
+* `ats.objective`: the candidates as arrays and their cost (one batched pass, `ats.persample`);
 * `ats.optim`: Adam, SGD and a batched L-BFGS, the lr schedule and the box;
 * `ats.aware`: the policy-aware attacker's hypotheses and differentiable warp;
 * `ats.restarts`: each candidate's last finite state and the best restart per target.
@@ -39,7 +39,6 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
-from torch.func import vmap
 
 from ats.aware import shift_hypotheses, warp
 from ats.federated import SharedUpdate
@@ -301,7 +300,7 @@ def _snapshot(problem: Problem, best: RestartTracker, iteration: int, seconds: f
     transformed = shifts = flips = None
     if config.aware:
         shifts, flips = state[:, -2:], problem.flips[chosen]
-        warped = vmap(warp)(pixels, shifts, flips)  # (G, k, C, H, W): the estimate of T(x)
+        warped = warp(pixels, shifts, flips)  # (G, k, C, H, W): the estimate of T(x)
         transformed = warped.reshape(-1, *problem.shape).clamp(0, 1).detach().cpu()
         shifts, flips = shifts.detach().cpu(), flips.detach().cpu()
     return Reconstruction(

@@ -6,10 +6,10 @@ policy-aware attacker among them). Each setting gets its own client step from it
 seeded with the run's seed, as one `ats attack` run would. Settings that share an attack (and, for
 the aware attacker, the policy it is told) are then attacked in **one** call: their per-example
 updates are stacked as the groups of one `SharedUpdate`, which `iter_reconstruct` attacks image
-by image in one batched `vmap`, and each setting starts from the very points a run of its own
+by image in one batched pass, and each setting starts from the very points a run of its own
 would draw. Settings that cannot share a call run one after another (`plan` says which).
 
-A batched call computes every setting's gradients in one `vmap`, whose float rounding differs
+A batched call computes every setting's gradients in one pass, whose float rounding differs
 from a call of its own in the last bits (about 1e-6 relative). IG's Adam steps on the gradient's
 sign and shrugs that off: a batched IG setting ends within about 1e-3 dB of its own run. L-BFGS
 (iDLG, DLG) amplifies it: after tens of iterations a batched iDLG setting can end dB apart from

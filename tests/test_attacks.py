@@ -156,9 +156,10 @@ def test_one_lbfgs_candidate_that_turns_non_finite_is_frozen_and_reported(lenet,
 
 
 @pytest.mark.parametrize("preset", ["ig", "dlg", "aware"])
-def test_one_candidate_takes_plain_autograd_and_agrees_with_vmap(lenet, image_batch, preset):
+def test_one_candidate_takes_plain_autograd_and_agrees_with_the_batched_pass(lenet, image_batch, preset):
     """A single candidate is evaluated by plain autograd (the fast path at N = 1), every other count
-    by one vmap: the two give the same cost and gradient, for known, joint and aware variables."""
+    by one batched pass (`ats.persample`): the two give the same cost and gradient, for known, joint
+    and aware variables."""
     from ats.objective import Problem
 
     x, y = image_batch[0][:2], image_batch[1][:2]
@@ -167,7 +168,7 @@ def test_one_candidate_takes_plain_autograd_and_agrees_with_vmap(lenet, image_ba
     config = replace(AttackConfig.preset(preset), restarts=2)
     problem = Problem.build(lenet, update, config, joint=False, policy=private.policy, crop_flip=False)
     z = problem.initial(torch.Generator().manual_seed(2), None)
-    costs, grads = problem.costs_and_grads(z)  # (4,) through vmap
+    costs, grads = problem.costs_and_grads(z)  # (4,) through the batched pass
     for n in range(4):
         cost, g = problem.costs_and_grads(z, rows=torch.tensor([n]))  # through plain autograd
         assert cost.shape == (1,) and g.shape == (1, problem.size)
