@@ -39,7 +39,7 @@ from ats.fedavg import LocalTraining, weight_difference
 from ats.federated import SharedUpdate
 from ats.labels import infer_label_counts, infer_labels
 from ats.models import input_stats, num_classes
-from ats.persample import Unsupported, per_example_gradients, unsupported
+from ats.persample import Unsupported, batch_size, per_example_gradients, unsupported
 from ats.policy import Hybrid, Policy
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ class Problem:
         return (0 - self.mean) / self.std, (1 - self.mean) / self.std
 
     def candidate_cost(self, v: Tensor, target: Tensor, labels: Tensor, flip: Tensor,
-                       with_tv: bool = True, plain: bool = False) -> Tensor:
+                       with_tv: bool = True, plain: bool = False, create_graph: bool = True) -> Tensor:
         """Gradient-matching cost of one candidate (+ TV): the attack's objective.
 
         The trial gradient comes from `torch.func.grad` (composable with `vmap`), or, with `plain`,
@@ -210,7 +210,7 @@ class Problem:
             trial = tuple(weight_difference(loss_of, self.params, self.k, self.local).values())
         elif plain:
             trial = torch.autograd.grad(loss_of(self.leaves), tuple(self.leaves.values()),
-                                        create_graph=True, materialize_grads=True)
+                                        create_graph=create_graph, materialize_grads=True)
         else:
             trial = tuple(grad(loss_of)(self.params).values())
         cost = _COST[self.config.cost](torch.cat([t.reshape(-1) for t in trial]), target)
@@ -228,16 +228,13 @@ class Problem:
         """
         index, z = self.group_of(), z.detach()
         flips = self.flips
-        if self.gathered is None:
-            self.gathered = torch.cat([t[index].reshape(len(index), -1) for t in self.targets], dim=1)
-            self.target_norms = self.gathered.pow(2).sum(1)
-        targets, norms = self.gathered, self.target_norms
+        targets, norms = self._gather()
         if rows is not None and rows.numel() < len(index):  # (all of them: no copy of every target)
             index, z, flips, targets, norms = index[rows], z[rows], flips[rows], targets[rows], norms[rows]
         labels = self.labels[index]
         if z.shape[0] > 1 and self.by_hand:
             try:
-                return self._costs_by_hand(z, targets, norms, labels, flips, with_tv)
+                return self._costs_by_hand_in_chunks(z, targets, norms, labels, flips, with_tv)
             except Unsupported:  # the model's forward uses its layers unusually: `vmap` from now on
                 self.by_hand = False
         if z.shape[0] == 1:
@@ -251,9 +248,48 @@ class Problem:
         return costs, grads
 
 
+    def costs(self, z: Tensor, with_tv: bool = True) -> Tensor:
+        """Every candidate's cost (N,) as `costs_and_grads` gives it, without its gradient: one
+        backward pass instead of two (how the restarts are scored at the end)."""
+        index, z = self.group_of(), z.detach()
+        (targets, norms), labels = self._gather(), self.labels[index]
+        if z.shape[0] > 1 and self.by_hand:
+            try:
+                return self._costs_by_hand_in_chunks(z, targets, norms, labels, self.flips, with_tv, gradients=False)[0]
+            except Unsupported:
+                self.by_hand = False
+        with torch.enable_grad():
+            if z.shape[0] == 1:
+                cost = self.candidate_cost(z[0], targets[0], labels[0], self.flips[0], with_tv, plain=True,
+                                           create_graph=False)
+                return cost.detach()[None]
+            return vmap(lambda v, t, y, f: self.candidate_cost(v, t, y, f, with_tv))(z, targets, labels,
+                                                                                      self.flips).detach()
+
+    def _gather(self) -> tuple[Tensor, Tensor]:
+        """Each candidate's flat target (N, P) and its squared norm (N,), made on first use."""
+        if self.gathered is None:
+            index = self.group_of()
+            self.gathered = torch.cat([t[index].reshape(len(index), -1) for t in self.targets], dim=1)
+            self.target_norms = self.gathered.pow(2).sum(1)
+        return self.gathered, self.target_norms
+
+    def _costs_by_hand_in_chunks(self, z: Tensor, targets: Tensor, norms: Tensor, labels: Tensor, flips: Tensor,
+                                 with_tv: bool, gradients: bool = True) -> tuple[Tensor, Tensor | None]:
+        """`_costs_by_hand` in nearly equal chunks of at most `ats.persample.batch_size` candidates."""
+        n, most = z.shape[0], batch_size(self.model, z.device) or z.shape[0]
+        if n <= most:
+            return self._costs_by_hand(z, targets, norms, labels, flips, with_tv, gradients)
+        chunks = math.ceil(n / most)
+        parts = [self._costs_by_hand(z[rows], targets[rows], norms[rows], labels[rows], flips[rows], with_tv,
+                                     gradients) for rows in torch.arange(n, device=z.device).tensor_split(chunks)]
+        costs = torch.cat([c for c, _ in parts])
+        return costs, torch.cat([g for _, g in parts]) if gradients else None
+
     def _costs_by_hand(self, z: Tensor, targets: Tensor, norms: Tensor, labels: Tensor, flips: Tensor,
-                       with_tv: bool) -> tuple[Tensor, Tensor]:
-        """`costs_and_grads` of several candidates through one batched pass (`ats.persample`)."""
+                       with_tv: bool, gradients: bool = True) -> tuple[Tensor, Tensor | None]:
+        """`costs_and_grads` of several candidates through one batched pass (`ats.persample`);
+        without `gradients`, their costs alone (and None)."""
         n, k = z.shape[0], self.k
         with torch.enable_grad():
             v = z.clone().requires_grad_(True)
@@ -272,7 +308,7 @@ class Problem:
             pixels = images * self.std + self.mean
             if self.config.aware:  # each candidate's own shift and flip hypothesis
                 pixels = warp(pixels.reshape(n, k, *self.shape), v[:, -2:], flips).reshape(n * k, *self.shape)
-            trial = per_example_gradients(self.model, pixels, total_loss, n)
+            trial = per_example_gradients(self.model, pixels, total_loss, n, graph=gradients)
             trial = [t.reshape(n, -1) for t in trial]
             pieces = torch.split(targets, [t.shape[1] for t in trial], dim=1)
             if self.config.cost == "cosine":
@@ -283,6 +319,8 @@ class Problem:
                 costs = sum((t - p).abs().sum(1) for t, p in zip(trial, pieces))
             if with_tv and self.config.tv > 0:
                 costs = costs + self.config.tv * total_variation(images.reshape(n, k, *self.shape), rows=True)
+            if not gradients:
+                return costs.detach(), None
             (g,) = torch.autograd.grad(costs.sum(), v)
         return costs.detach(), g
 

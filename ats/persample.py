@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 _LAYERS = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+CPU_BUDGET = 24 * 2**20  # bytes of the largest per-example parameter gradient, on a CPU (`batch_size`)
 
 
 class Unsupported(RuntimeError):
@@ -54,13 +55,29 @@ def unsupported(model: nn.Module) -> str | None:
     return None
 
 
+def batch_size(model: nn.Module, device: torch.device) -> int | None:
+    """How many groups (candidates) one call should take on `device`, or None for no limit (a GPU).
+
+    On a CPU the largest parameter's per-group gradients, (groups, *shape), are kept under
+    `CPU_BUDGET` (24 MB). glibc hands blocks above 32 MB back to the kernel when they are freed, so
+    each evaluation would fault them in again, page by page: on ResNet20-4 (a 256 × 256 × 3 × 3
+    weight, 2.4 MB a copy) 32 examples at once took 220 ms each, 8 at a time 110 ms, one at a time
+    167 ms. ResNet20 (its largest weight 0.15 MB) takes 32 and more in one call.
+    """
+    if device.type != "cpu":
+        return None
+    largest = max((p.numel() * p.element_size() for p in model.parameters()), default=1)
+    return max(1, CPU_BUDGET // largest)
+
+
 def per_example_gradients(model: nn.Module, inputs: Tensor, total_loss: Callable[[Tensor], Tensor],
-                          groups: int) -> tuple[Tensor, ...]:
+                          groups: int, graph: bool = True) -> tuple[Tensor, ...]:
     """Each group's gradient of its loss, per parameter (groups, *shape), in `named_parameters` order.
 
     `inputs` (groups·k, ...) are the model's inputs, k consecutive ones a group; `total_loss` maps
-    the model's outputs (groups·k, classes) to the sum over groups of each group's loss. The
-    results stay in the autograd graph of `inputs` (for the cost's gradient with respect to them).
+    the model's outputs (groups·k, classes) to the sum over groups of each group's loss. With
+    `graph`, the results stay in the autograd graph of `inputs` (for the cost's gradient with
+    respect to them); without, they are plain values (one backward pass, not two).
     Raises `Unsupported` when a parametrized layer did not run exactly once (weights used outside
     their module, a layer called twice), and ValueError when `unsupported(model)` says so.
     """
@@ -82,11 +99,12 @@ def per_example_gradients(model: nn.Module, inputs: Tensor, total_loss: Callable
             handle.remove()
     if sorted(id(m) for m, _, _ in seen) != sorted(map(id, layers)):  # (in the order they ran)
         raise Unsupported("each parametrized layer must run exactly once in the forward pass")
-    deltas = torch.autograd.grad(loss, [out for _, _, out in seen], create_graph=True)
+    deltas = torch.autograd.grad(loss, [out for _, _, out in seen], create_graph=graph)
     k = inputs.shape[0] // groups
     grads: dict[int, Tensor] = {}
-    for (module, a, _), delta in zip(seen, deltas):
-        grads.update(_layer_gradients(module, a, delta, groups, k))
+    with torch.set_grad_enabled(graph):
+        for (module, a, _), delta in zip(seen, deltas):
+            grads.update(_layer_gradients(module, a, delta, groups, k))
     return tuple(grads[id(p)] for p in model.parameters())
 
 

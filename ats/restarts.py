@@ -63,7 +63,7 @@ class RestartTracker:
         with torch.no_grad():
             ok = self.failed_at == 0
             self.last_good[ok] = z.detach()[ok]
-        costs, _ = problem.costs_and_grads(self.last_good, with_tv=False)
+        costs = problem.costs(self.last_good, with_tv=False)
         self.cost = torch.where(torch.isfinite(costs) & (self.failed_at == 0), costs.detach(), self.cost)
 
     def choose(self, groups: int, restarts: int, done: bool) -> tuple[Tensor, Tensor, tuple[str, ...]]:

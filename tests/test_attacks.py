@@ -328,6 +328,8 @@ def test_screening_keeps_each_targets_cheapest_restart_and_its_optimizer_state(l
     monkeypatch.setattr(Problem, "costs_and_grads",
                         lambda self, z, with_tv=True, rows=None:
                         evaluated.append(z.shape[0] if rows is None else len(rows)) or original(self, z, with_tv, rows))
+    costs_alone = Problem.costs  # the final rescore: costs without their gradients
+    monkeypatch.setattr(Problem, "costs", lambda self, z, with_tv=True: evaluated.append(z.shape[0]) or costs_alone(self, z, with_tv))
     full = reconstruct(lenet, update, full_config, init=init)
     full_count, evaluated[:] = sum(evaluated), []
     screened = reconstruct(lenet, update, replace(full_config, screen=2), init=init)

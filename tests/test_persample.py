@@ -13,7 +13,8 @@ from ats.attacks import AttackConfig
 from ats.federated import client_update
 from ats.models import build_model
 from ats.objective import Problem
-from ats.persample import ConvWeightPerExample, Unsupported, per_example_gradients, unsupported
+import ats.objective
+from ats.persample import ConvWeightPerExample, Unsupported, batch_size, per_example_gradients, unsupported
 
 
 def _trained_bn(model: nn.Module) -> nn.Module:
@@ -158,3 +159,47 @@ def test_fedavg_attacks_keep_vmap(image_batch):
     x, y = image_batch[0][:2], image_batch[1][:2]
     fedavg = client_update(model, x, y, local_steps=2).shared
     assert fedavg.local is not None and not Problem.build(model, fedavg, AttackConfig.ig(), joint=True).by_hand
+
+
+def test_big_models_go_in_chunks_on_a_cpu_with_the_same_results(monkeypatch, image_batch):
+    """Chunks keep the largest per-candidate gradient under the budget (glibc's page faults above
+    32 MB); they change nothing but the time."""
+    import ats.persample
+
+    model = build_model("lenet", 100, seed=0)
+    largest = 768 * 100 * 4  # bytes of the classifier's weight
+    assert batch_size(model, torch.device("cpu")) == ats.persample.CPU_BUDGET // largest
+    assert batch_size(model, torch.device("cuda")) is None  # a GPU's allocator caches; no limit
+    x, y = image_batch[0][:3], image_batch[1][:3]
+    update = client_update(model, x, y, per_example=True).shared
+    problem = Problem.build(model, update, replace(AttackConfig.ig(), restarts=3), joint=False)
+    z = problem.initial(torch.Generator().manual_seed(2), None)
+    whole = problem.costs_and_grads(z)
+    calls = []
+    real = ats.objective.Problem._costs_by_hand
+    monkeypatch.setattr(ats.objective.Problem, "_costs_by_hand",
+                        lambda self, z, *a: (calls.append(len(z)), real(self, z, *a))[1])
+    monkeypatch.setattr(ats.persample, "CPU_BUDGET", 2 * largest)  # 2 candidates a call
+    chunked = problem.costs_and_grads(z)
+    assert calls == [2, 2, 2, 2, 1]  # 9 candidates in 5 nearly equal chunks
+    assert torch.allclose(chunked[0], whole[0], rtol=1e-6) and torch.allclose(chunked[1], whole[1], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("path", ["by hand", "vmap", "one candidate", "fedavg"])
+def test_costs_alone_equal_the_costs_with_gradients(path, image_batch):
+    """`Problem.costs` (one backward pass: the final rescore) gives `costs_and_grads`' costs."""
+    model = _trained_bn(build_model("resnet20" if path != "fedavg" else "lenet", 100, seed=0))
+    count = 1 if path == "one candidate" else 2
+    x, y = image_batch[0][:count], image_batch[1][:count]
+    fedavg = path == "fedavg"
+    update = client_update(model, x, y, per_example=not fedavg, local_steps=2 if fedavg else 0).shared
+    restarts = 1 if path == "one candidate" else 2
+    problem = Problem.build(model, update, replace(AttackConfig.ig(), restarts=restarts), joint=fedavg)
+    if path == "vmap":
+        problem = replace(problem, by_hand=False)
+    assert problem.by_hand == (path in ("by hand", "one candidate"))  # (one candidate: plain autograd)
+    z = problem.initial(torch.Generator().manual_seed(2), None)
+    assert z.shape[0] == (1 if path == "one candidate" else 2 if fedavg else 4)
+    for with_tv in (True, False):
+        expected, _ = problem.costs_and_grads(z, with_tv=with_tv)
+        assert torch.allclose(problem.costs(z, with_tv=with_tv), expected, rtol=1e-5, atol=1e-7)
