@@ -203,3 +203,28 @@ def test_costs_alone_equal_the_costs_with_gradients(path, image_batch):
     for with_tv in (True, False):
         expected, _ = problem.costs_and_grads(z, with_tv=with_tv)
         assert torch.allclose(problem.costs(z, with_tv=with_tv), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_one_candidate_on_a_wide_model_takes_the_cosine_piece_by_piece_with_the_same_result(monkeypatch,
+                                                                                           image_batch):
+    """Large tensors (ConvNet): one candidate's cosine goes per tensor (`_CosineRows`), not over the
+    concatenated gradient; its cost and image gradient are the concatenated path's."""
+    model = _trained_bn(build_model("convnet", 100, seed=0))
+    trial = tuple(p.detach() for p in model.parameters())
+    assert ats.objective._wide(trial)
+    assert not ats.objective._wide(tuple(build_model("resnet20", 10, seed=0).parameters()))
+    update = client_update(model, image_batch[0][:1], image_batch[1][:1], per_example=True).shared
+    problem = Problem.build(model, update, AttackConfig.ig(), joint=False)
+    z = problem.initial(torch.Generator().manual_seed(2), None)
+    pieces = []
+    real = ats.objective._CosineRows.apply
+    monkeypatch.setattr(ats.objective._CosineRows, "apply", lambda *a: (pieces.append(len(a) - 2), real(*a))[1])
+    cost, grad = problem.costs_and_grads(z)
+    alone = problem.costs(z)
+    assert pieces == [len(trial), len(trial)]
+    monkeypatch.setattr(ats.objective, "_wide", lambda trial: False)
+    expected_cost, expected_grad = problem.costs_and_grads(z)
+    assert len(pieces) == 2  # the concatenated path
+    # 1 − cos is about 1e-3 here: both lose a few float32 steps of cos ≈ 1 (6e-8 each) to cancellation
+    assert torch.allclose(cost, expected_cost, rtol=0, atol=1e-6) and torch.allclose(alone, cost, rtol=1e-6)
+    assert torch.allclose(grad, expected_grad, rtol=1e-3, atol=1e-4 * float(expected_grad.abs().max()))
