@@ -363,9 +363,10 @@ _WIDE = 16384  # mean entries per parameter tensor from which one candidate's co
 def _wide(trial: tuple[Tensor, ...]) -> bool:
     """Are the tensors large enough that concatenating them costs more than summing them one by one?
 
-    Measured at one candidate, whole IG attacks against the plain loop (2-core CPU): per piece
-    ResNet20-4 (66,936 entries a tensor) 109 against 123 ms an iteration concatenated, ConvNet
-    (91,541) 159 against 168, ResNet20-2 (16,740) 52 against 53; ResNet20 (4,282) 24 against 21.
+    Whole one-image IG attacks on a 2-core CPU (bench/profile.md, "Wide models"), ms an iteration
+    piece by piece against concatenated: ResNet20-4 (66,936 entries a tensor) 107 against 133,
+    ConvNet (91,541) 161 against 186, ResNet20-2 (16,740) 52 against 53; ResNet20 (4,282) 24
+    against 21.
     """
     return sum(t.numel() for t in trial) >= _WIDE * len(trial)
 
